@@ -1,0 +1,36 @@
+"""pyro_svi_ext: Pyro's variational inference API as the package's own, pluggable,
+compiled estimators running over Pyro's trace layer.
+
+>>> import pyro_svi_ext
+>>> pyro_svi_ext.get("trace_elbo").__name__
+'Trace_ELBO'
+"""
+
+import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
+
+from pyro_svi_ext import registry
+from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.estimators import ELBO, ELBOModule, Trace_ELBO
+from pyro_svi_ext.hookspecs import hookimpl
+from pyro_svi_ext.infer import SVI, TracePosterior
+from pyro_svi_ext.interop import register_virtual_subclasses
+from pyro_svi_ext.registry import Capabilities, available, get, make
+
+register_virtual_subclasses()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ELBO",
+    "SVI",
+    "Capabilities",
+    "ELBOModule",
+    "NonFiniteLossError",
+    "TracePosterior",
+    "Trace_ELBO",
+    "available",
+    "get",
+    "hookimpl",
+    "make",
+    "registry",
+]

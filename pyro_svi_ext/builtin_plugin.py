@@ -1,0 +1,16 @@
+"""The package's own estimators, registered through the same hook as third-party ones."""
+
+from __future__ import annotations
+
+from pyro_svi_ext.estimators import Trace_ELBO
+from pyro_svi_ext.hookspecs import hookimpl
+from pyro_svi_ext.registry import Capabilities, PluginRegistrar
+
+
+@hookimpl
+def pyro_svi_ext_register_estimators(registry: PluginRegistrar) -> None:
+    registry.add(
+        Trace_ELBO,
+        aliases=("trace_elbo",),
+        capabilities=Capabilities(reparam=True, nonreparam=True),
+    )

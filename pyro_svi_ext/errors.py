@@ -1,0 +1,17 @@
+"""Exceptions raised by the package (each documents where it comes from)."""
+
+from __future__ import annotations
+
+
+class NonFiniteLossError(ValueError):
+    """The ELBO came out NaN or infinite while pyro validation is on.
+
+    ``sites`` lists the offending sites as ``"model:<name> (log_prob sum ...)"`` strings.
+    Raised before any gradient or parameter is touched.
+    """
+
+    def __init__(self, loss: float, sites: list[str]):
+        self.loss = loss
+        self.sites = sites
+        where = ", ".join(sites) if sites else "no single site (the sum overflowed)"
+        super().__init__(f"non-finite loss {loss}; non-finite log-probs at: {where}")

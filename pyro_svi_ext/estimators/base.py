@@ -1,0 +1,190 @@
+"""The ELBO base class: arguments, particles, and the loss / gradient drivers.
+
+A subclass supplies two per-particle functions over a :class:`~pyro_svi_ext.trace.TracePair`:
+``_particle_elbo`` (float64 scalar, no graph) and ``_particle_surrogate`` (scalar whose
+gradient is the gradient estimator).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+
+import torch
+from pyro.poutine.util import is_validation_enabled
+
+from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.trace import TracePair, nonfinite_sites, run_pair, vectorize_particles
+
+INF = float("inf")
+
+
+def _check_plate_nesting(value: float) -> float:
+    if value == INF:
+        return value
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"max_plate_nesting must be a non-negative int or inf, got {value!r}")
+    return int(value)
+
+
+class ELBOModule(torch.nn.Module):
+    """``torch.nn.Module`` whose ``forward(*args, **kwargs)`` is the differentiable loss.
+
+    ``model`` and ``guide`` are held as attributes, so when they are modules their
+    parameters are this module's parameters.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, elbo: ELBO):
+        super().__init__()
+        self.model = model
+        self.guide = guide
+        self.elbo = elbo
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+
+
+class ELBO:
+    """Base of the evidence-lower-bound estimators (same arguments as ``pyro.infer.ELBO``).
+
+    :param int num_particles: samples per estimate (>= 1).
+    :param max_plate_nesting: bound on nested ``pyro.plate`` dims (int or ``inf``).
+    :param max_iarange_nesting: deprecated alias of ``max_plate_nesting``
+        (``DeprecationWarning``).
+    :param bool vectorize_particles: draw all particles at once under an outer plate at dim
+        ``-(max_plate_nesting + 1)``; needs a finite ``max_plate_nesting``.
+    :param bool strict_enumeration_warning: warn on enumeration the estimator ignores.
+    :param retain_graph: passed to ``backward`` in :meth:`loss_and_grads`.
+
+    Errors: ``ValueError`` for a non-positive ``num_particles``, a negative or non-integer
+    ``max_plate_nesting``, or ``vectorize_particles=True`` with ``max_plate_nesting=inf``;
+    :class:`~pyro_svi_ext.errors.NonFiniteLossError` from :meth:`loss_and_grads` when the
+    loss is not finite under pyro validation (nothing is modified then).
+    """
+
+    #: the name used in messages (subclasses set their registry name)
+    estimator_name = "ELBO"
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = INF,
+        max_iarange_nesting: float | None = None,
+        vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+        retain_graph: bool | None = None,
+    ):
+        if max_iarange_nesting is not None:
+            warnings.warn(
+                "max_iarange_nesting is deprecated; use max_plate_nesting",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            max_plate_nesting = max_iarange_nesting
+        if (
+            not isinstance(num_particles, numbers.Integral)
+            or isinstance(num_particles, bool)
+            or num_particles < 1
+        ):
+            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        max_plate_nesting = _check_plate_nesting(max_plate_nesting)
+        if vectorize_particles and max_plate_nesting == INF:
+            raise ValueError(
+                "vectorize_particles=True needs a finite max_plate_nesting (the number of "
+                "nested pyro.plate dims in model and guide), got max_plate_nesting=inf"
+            )
+        self.num_particles = int(num_particles)
+        self.max_plate_nesting = max_plate_nesting
+        self.vectorize_particles = bool(vectorize_particles)
+        self.strict_enumeration_warning = strict_enumeration_warning
+        self.retain_graph = retain_graph
+        if self.vectorize_particles and self.num_particles > 1:
+            # the particle plate takes the next dim to the left
+            self.max_plate_nesting += 1
+
+    def __call__(self, model: Callable, guide: Callable) -> ELBOModule:
+        """A ``torch.nn.Module`` computing this loss for ``(model, guide)``."""
+        return ELBOModule(model, guide, self)
+
+    # --- per-particle terms, supplied by subclasses ---------------------------------
+    def _particle_elbo(self, pair: TracePair) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _particle_surrogate(self, pair: TracePair) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- particles ------------------------------------------------------------------
+    def _pairs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        """One :class:`TracePair` per particle (a single one when vectorized)."""
+        if self.vectorize_particles:
+            if self.num_particles > 1:
+                dim = -int(self.max_plate_nesting)
+                model = vectorize_particles(model, self.num_particles, dim)
+                guide = vectorize_particles(guide, self.num_particles, dim)
+            return [run_pair(model, guide, args, kwargs, self.max_plate_nesting,
+                             self.estimator_name)]
+        return [
+            run_pair(model, guide, args, kwargs, self.max_plate_nesting, self.estimator_name)
+            for _ in range(self.num_particles)
+        ]
+
+    def _mean_elbo(self, pairs: list[TracePair]) -> torch.Tensor:
+        total = self._particle_elbo(pairs[0])
+        for pair in pairs[1:]:
+            total = total + self._particle_elbo(pair)
+        return total / self.num_particles
+
+    def _mean_surrogate(self, pairs: list[TracePair]) -> torch.Tensor:
+        total = self._particle_surrogate(pairs[0])
+        for pair in pairs[1:]:
+            total = total + self._particle_surrogate(pair)
+        return total / self.num_particles
+
+    def _check_finite(self, loss: float, pairs: list[TracePair]) -> None:
+        if math.isfinite(loss):
+            return
+        if is_validation_enabled():
+            bad = [s for p in pairs for s in nonfinite_sites(p.model, p.guide)]
+            raise NonFiniteLossError(loss, sorted(set(bad)))
+        warnings.warn(f"{self.estimator_name}: encountered non-finite loss {loss}",
+                      stacklevel=3)
+
+    # --- public API -----------------------------------------------------------------
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Estimate of the negative ELBO (float), averaged over ``num_particles``."""
+        with torch.no_grad():
+            pairs = self._pairs(model, guide, args, kwargs)
+            loss = -self._mean_elbo(pairs).item()
+        if math.isnan(loss):
+            warnings.warn(f"{self.estimator_name}: encountered NaN loss", stacklevel=2)
+        return loss
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Negative ELBO (float); runs ``backward`` on the surrogate loss so the params
+        touched by model and guide get their gradient estimates in ``.grad``."""
+        return self._loss_and_grads(model, guide, args, kwargs)[0]
+
+    def _loss_and_grads(self, model, guide, args, kwargs):
+        """(loss, params touched) — the driver :class:`~pyro_svi_ext.SVI` calls."""
+        pairs = self._pairs(model, guide, args, kwargs)
+        loss = -self._mean_elbo(pairs).item()
+        self._check_finite(loss, pairs)
+        params = pairs[0].params
+        for pair in pairs[1:]:
+            params.update(pair.params)
+        surrogate = self._mean_surrogate(pairs)
+        if params and getattr(surrogate, "requires_grad", False):
+            (-surrogate).backward(retain_graph=self.retain_graph)
+        return loss, params
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        """Negative ELBO as a tensor whose gradient is the estimator's gradient."""
+        pairs = self._pairs(model, guide, args, kwargs)
+        surrogate = self._mean_surrogate(pairs)
+        elbo = self._mean_elbo(pairs)
+        if not torch.is_tensor(surrogate):
+            return -elbo
+        elbo = elbo.to(dtype=surrogate.dtype, device=surrogate.device)
+        return -(elbo + (surrogate - surrogate.detach()))

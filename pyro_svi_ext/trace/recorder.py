@@ -1,0 +1,94 @@
+"""The one messenger the package puts on pyro's effect stack.
+
+It records sample and param sites as they happen and, when running a model against a
+guide, replays the guide's latent values (what ``poutine.trace`` + ``poutine.replay``
+do together, in one handler and without building a graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from pyro.poutine.messenger import Messenger
+
+from pyro_svi_ext.trace.sites import Site, site_from_message
+
+
+def _is_subsample(msg: dict) -> bool:
+    return type(msg["fn"]).__name__ == "_Subsample"
+
+
+class SiteRecorder(Messenger):
+    """Records sample sites (``sites``) and the unconstrained params used (``params``).
+
+    :param replay: guide sites whose values replace the model's latent draws.
+    :param params_only: record params only (used around custom losses).
+
+    Raises ``RuntimeError`` naming the site when two sample sites share a name, and
+    ``ValueError`` when a replayed guide site is observed but the model samples it.
+    """
+
+    def __init__(self, replay: Mapping[str, Site] | None = None, params_only: bool = False):
+        super().__init__()
+        self.replay = replay
+        self.params_only = params_only
+        self.sites: dict[str, Site] = {}
+        self.params: dict[str, torch.Tensor] = {}
+        # plate subsample indices drawn here, replayed so model and guide share them
+        self.subsamples: dict[str, torch.Tensor] = {}
+        self.replay_subsamples: Mapping[str, torch.Tensor] = {}
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if self.replay is None or msg["is_observed"]:
+            return
+        if _is_subsample(msg):
+            indices = self.replay_subsamples.get(msg["name"])
+            if indices is not None:
+                msg["value"] = indices
+                msg["done"] = True
+            return
+        guide_site = self.replay.get(msg["name"])
+        if guide_site is None:
+            return
+        if guide_site.is_observed:
+            raise ValueError(
+                f"site {msg['name']!r} is observed in the guide but sampled in the model; "
+                "a guide must sample every latent site it shares with the model"
+            )
+        msg["value"] = guide_site.value
+        msg["done"] = True
+        msg["infer"] = guide_site.infer
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if self.params_only:
+            return
+        if _is_subsample(msg):
+            self.subsamples[msg["name"]] = msg["value"]
+            return
+        infer = msg["infer"]
+        if infer and infer.get("_do_not_trace"):
+            return
+        name = msg["name"]
+        if name in self.sites:
+            raise RuntimeError(f"multiple sample sites named {name!r}")
+        self.sites[name] = site_from_message(msg)
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        value = msg["value"]
+        unconstrained = getattr(value, "unconstrained", None)
+        self.params[msg["name"]] = unconstrained() if unconstrained is not None else value
+
+
+def run_recorded(fn, args: tuple, kwargs: dict, against: SiteRecorder | None = None):
+    """Run ``fn(*args, **kwargs)`` under a :class:`SiteRecorder`, replaying the latent
+    values and subsample indices that ``against`` (a guide run) recorded.
+
+    Returns ``(recorder, result)``.
+    """
+    recorder = SiteRecorder(replay=None if against is None else against.sites)
+    if against is not None:
+        recorder.replay_subsamples = against.subsamples
+    with recorder:
+        result = fn(*args, **kwargs)
+    return recorder, result

@@ -1,0 +1,73 @@
+"""Run a guide, then the model against it, and hand back plain site records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import torch
+from pyro.poutine.util import is_validation_enabled
+
+from pyro_svi_ext.trace.checks import check_pairing, check_site_shape, warn_if_enumerated
+from pyro_svi_ext.trace.recorder import run_recorded
+from pyro_svi_ext.trace.sites import Site, compute_log_probs, compute_score_parts
+
+
+@dataclass(slots=True)
+class TracePair:
+    """One particle: the guide's sites, the model's sites replayed against them, and the
+    unconstrained params either touched (name -> tensor)."""
+
+    model: dict[str, Site]
+    guide: dict[str, Site]
+    params: dict[str, torch.Tensor]
+    model_return: Any = None
+
+
+def run_pair(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    max_plate_nesting: float = float("inf"),
+    estimator: str = "ELBO",
+) -> TracePair:
+    """Run ``guide`` then ``model`` (replayed), compute log-probs and score parts.
+
+    Under pyro validation, also checks pairing and each site's batch shape against its
+    plates (``max_plate_nesting`` bounds the checked dims).
+    """
+    guide_run, _ = run_recorded(guide, args, kwargs)
+    model_run, ret = run_recorded(model, args, kwargs, against=guide_run)
+    validate = is_validation_enabled()
+    if validate:
+        check_pairing(model_run.sites, guide_run.sites)
+        warn_if_enumerated(guide_run.sites, estimator)
+    compute_log_probs(model_run.sites, "model")
+    compute_score_parts(guide_run.sites, "guide")
+    if validate:
+        for role, sites in (("model", model_run.sites), ("guide", guide_run.sites)):
+            for site in sites.values():
+                check_site_shape(site, role, max_plate_nesting)
+    params = guide_run.params
+    params.update(model_run.params)
+    return TracePair(model_run.sites, guide_run.sites, params, ret)
+
+
+def vectorize_particles(fn: Callable, num_particles: int, dim: int) -> Callable:
+    """Wrap ``fn`` in an outermost ``pyro.plate`` of ``num_particles`` at ``dim`` (< 0)."""
+    return pyro.plate("num_particles_vectorized", num_particles, dim=dim)(fn)
+
+
+def guess_max_plate_nesting(pair: TracePair) -> int:
+    """Deepest vectorized plate dim seen in either side of ``pair`` (0 when none)."""
+    dims = [
+        -f.dim
+        for sites in (pair.model, pair.guide)
+        for s in sites.values()
+        for f in s.frames
+        if f.dim is not None
+    ]
+    return max(dims, default=0)
