@@ -1,0 +1,111 @@
+"""Eager Trace_ELBO SVI step: this package vs Pyro's own, timed in one run.
+
+    python benchmarks/bench_trace_elbo.py [--steps 300] [--rounds 7] [--out DIR]
+
+Both implementations run the same model, guide, data and optimizer, interleaved in
+rounds so machine noise hits both alike; the figure that matters is the ratio
+(Pyro's time per step / ours), reported as the median over rounds. Writes a
+Markdown table and JSON to ``--out`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pyro.infer
+import pyro.optim
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402
+
+import pyro_svi_ext  # noqa: E402
+
+BENCHES = {
+    "blr N=1000 D=10 (hand guide)": models.blr,
+    "blr N=1000 D=10 (AutoNormal)": models.blr_autonormal,
+    "20 latent sites": models.many_sites,
+}
+IMPLS = {
+    "pyro": (pyro.infer.SVI, pyro.infer.Trace_ELBO),
+    "pyro_svi_ext": (pyro_svi_ext.SVI, pyro_svi_ext.Trace_ELBO),
+}
+
+
+def time_steps(impl: str, build, steps: int) -> float:
+    """Seconds per SVI step (after 20 warm-up steps)."""
+    svi_cls, elbo_cls = IMPLS[impl]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model, guide, args = build()
+    svi = svi_cls(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo_cls())
+    for _ in range(20):
+        svi.step(*args)
+    start = time.perf_counter()
+    for _ in range(steps):
+        svi.step(*args)
+    return (time.perf_counter() - start) / steps
+
+
+def run(steps: int, rounds: int) -> list[dict]:
+    rows = []
+    for label, build in BENCHES.items():
+        ratios, per_impl = [], {k: [] for k in IMPLS}
+        for _ in range(rounds):
+            t = {impl: time_steps(impl, build, steps) for impl in IMPLS}
+            for impl, v in t.items():
+                per_impl[impl].append(v)
+            ratios.append(t["pyro"] / t["pyro_svi_ext"])
+        rows.append({
+            "model": label,
+            "pyro_ms_per_step": 1e3 * statistics.median(per_impl["pyro"]),
+            "ours_ms_per_step": 1e3 * statistics.median(per_impl["pyro_svi_ext"]),
+            "speedup_median": statistics.median(ratios),
+            "speedup_min": min(ratios),
+            "speedup_max": max(ratios),
+        })
+        print(f"{label}: {rows[-1]['speedup_median']:.2f}x", flush=True)
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | Pyro Trace_ELBO ms/step | pyro_svi_ext ms/step | speedup (median, min-max) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['pyro_ms_per_step']:.3f} | {r['ours_ms_per_step']:.3f} | "
+            f"{r['speedup_median']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = run(opts.steps, opts.rounds)
+    table = to_markdown(rows)
+    print(table)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "pyro": pyro.__version__,
+            "python": platform.python_version(), "threads": 1,
+            "steps": opts.steps, "rounds": opts.rounds}
+    (out / "trace_elbo.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "trace_elbo.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

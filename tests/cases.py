@@ -1,0 +1,305 @@
+"""Model/guide pairs used to compare the package's estimators with Pyro's own.
+
+Each case builds fresh callables (autoguides and modules keep state), with
+deterministic initial values so that two builds are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[], tuple]  # -> (model, guide, args)
+    elbo_kwargs: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _data(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g)
+
+
+def _loc_scale(name, shape, loc=0.1, scale=0.8):
+    loc_p = pyro.param(f"{name}_loc", torch.full(shape, loc))
+    scale_p = pyro.param(f"{name}_scale", torch.full(shape, scale), constraint=constraints.positive)
+    return loc_p, scale_p
+
+
+def single_site():
+    x = torch.tensor(1.3)
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        loc, scale = _loc_scale("z", ())
+        pyro.sample("z", dist.Normal(loc, scale))
+
+    return model, guide, (x,)
+
+
+def to_event():
+    x = _data(3)
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        loc, scale = _loc_scale("z", (3,))
+        pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    return model, guide, (x,)
+
+
+def plate():
+    x = _data(6)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", 6):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("mu", dist.Normal(loc, scale))
+        zl, zs = _loc_scale("z", (6,), loc=0.2, scale=0.5)
+        with pyro.plate("data", 6):
+            pyro.sample("z", dist.Normal(zl, zs))
+
+    return model, guide, (x,)
+
+
+def nested_plates():
+    x = _data(3, 4)
+
+    def model(x):
+        with pyro.plate("rows", 3, dim=-2):
+            r = pyro.sample("r", dist.Normal(0.0, 1.0))
+            with pyro.plate("cols", 4, dim=-1):
+                pyro.sample("x", dist.Normal(r, 1.0), obs=x)
+        with pyro.plate("cols2", 4, dim=-1):
+            pyro.sample("c", dist.Normal(0.0, 1.0))
+
+    def guide(x):
+        rl, rs = _loc_scale("r", (3, 1))
+        cl, cs = _loc_scale("c", (4,))
+        with pyro.plate("rows", 3, dim=-2):
+            pyro.sample("r", dist.Normal(rl, rs))
+        with pyro.plate("cols2", 4, dim=-1):
+            pyro.sample("c", dist.Normal(cl, cs))
+
+    return model, guide, (x,)
+
+
+def subsampled_plate():
+    x = _data(100)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", 100, subsample_size=10) as ind:
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[ind])
+
+    def guide(x):
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("mu", dist.Normal(loc, scale))
+        zl, zs = _loc_scale("z", (100,))
+        with pyro.plate("data", 100, subsample_size=10) as ind:
+            pyro.sample("z", dist.Normal(zl[ind], zs[ind]))
+
+    return model, guide, (x,)
+
+
+def masked():
+    x = _data(8)
+    mask = torch.tensor([True, False] * 4)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", 8), poutine.mask(mask=mask):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+        with pyro.plate("data2", 8):
+            pyro.sample("y", dist.Normal(mu, 1.0).mask(~mask), obs=x)
+
+    def guide(x):
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("mu", dist.Normal(loc, scale))
+
+    return model, guide, (x,)
+
+
+def scaled():
+    x = _data(5)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with poutine.scale(scale=0.25), pyro.plate("data", 5):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        loc, scale = _loc_scale("mu", ())
+        with poutine.scale(scale=3.0):
+            pyro.sample("mu", dist.Normal(loc, scale))
+
+    return model, guide, (x,)
+
+
+def nonreparam_global():
+    x = _data(6) + 1.0
+
+    def model(x):
+        s = pyro.sample("s", dist.Bernoulli(0.4))
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 6):
+            pyro.sample("x", dist.Normal(mu + 2.0 * s, 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.tensor(0.6), constraint=constraints.unit_interval)
+        pyro.sample("s", dist.Bernoulli(p))
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("mu", dist.Normal(loc, scale))
+
+    return model, guide, (x,)
+
+
+def nonreparam_in_plate():
+    x = _data(5)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 5):
+            k = pyro.sample("k", dist.Categorical(torch.ones(3) / 3))
+            pyro.sample("x", dist.Normal(mu + k.float(), 1.0), obs=x)
+
+    def guide(x):
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("mu", dist.Normal(loc, scale))
+        probs = pyro.param("probs", torch.ones(5, 3) / 3, constraint=constraints.simplex)
+        with pyro.plate("data", 5):
+            pyro.sample("k", dist.Categorical(probs))
+
+    return model, guide, (x,)
+
+
+def nonreparam_nested():
+    x = _data(2, 3)
+
+    def model(x):
+        with pyro.plate("outer", 2, dim=-2):
+            g = pyro.sample("g", dist.Bernoulli(0.5))
+            with pyro.plate("inner", 3, dim=-1):
+                pyro.sample("x", dist.Normal(g, 1.0), obs=x)
+        pyro.factor("prior_bonus", -0.1 * g.sum())
+
+    def guide(x):
+        p = pyro.param("p", torch.full((2, 1), 0.3), constraint=constraints.unit_interval)
+        with pyro.plate("outer", 2, dim=-2):
+            pyro.sample("g", dist.Bernoulli(p))
+
+    return model, guide, (x,)
+
+
+def sequential_plate():
+    x = _data(3)
+
+    def model(x):
+        for i in pyro.plate("seq", 3):
+            z = pyro.sample(f"z_{i}", dist.Bernoulli(0.5))
+            pyro.sample(f"x_{i}", dist.Normal(z, 1.0), obs=x[i])
+
+    def guide(x):
+        p = pyro.param("p", torch.full((3,), 0.4), constraint=constraints.unit_interval)
+        for i in pyro.plate("seq", 3):
+            pyro.sample(f"z_{i}", dist.Bernoulli(p[i]))
+
+    return model, guide, (x,)
+
+
+def amortized_module():
+    torch.manual_seed(123)
+    encoder = torch.nn.Linear(1, 2)
+    x = _data(7)
+
+    def model(x):
+        with pyro.plate("data", 7):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        out = encoder(x.unsqueeze(-1))
+        with pyro.plate("data", 7):
+            pyro.sample("z", dist.Normal(out[:, 0], torch.nn.functional.softplus(out[:, 1])))
+
+    return model, guide, (x,)
+
+
+def _regression_model(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    b = pyro.sample("b", dist.Normal(0.0, 1.0))
+    sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Normal(x @ w + b, sigma), obs=y)
+
+
+def _regression_data():
+    x = _data(20, 3)
+    y = x @ torch.tensor([1.0, -0.5, 0.3]) + 0.2 + 0.1 * _data(20, seed=1)
+    return x, y
+
+
+def auto_normal():
+    from pyro.infer.autoguide import AutoNormal
+
+    return _regression_model, AutoNormal(_regression_model), _regression_data()
+
+
+def auto_delta():
+    from pyro.infer.autoguide import AutoDelta
+
+    return _regression_model, AutoDelta(_regression_model), _regression_data()
+
+
+def auto_mvn():
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
+    return _regression_model, AutoMultivariateNormal(_regression_model), _regression_data()
+
+
+CASES = [
+    Case("single_site", single_site),
+    Case("to_event", to_event),
+    Case("plate", plate),
+    Case("nested_plates", nested_plates),
+    Case("subsampled_plate", subsampled_plate),
+    Case("mask", masked),
+    Case("poutine_scale", scaled),
+    Case("nonreparam_global", nonreparam_global),
+    Case("nonreparam_in_plate", nonreparam_in_plate),
+    Case("nonreparam_nested_plates_factor", nonreparam_nested),
+    Case("sequential_plate", sequential_plate),
+    Case("pyro_module_amortized", amortized_module),
+    Case("auto_normal", auto_normal),
+    Case("auto_delta", auto_delta),
+    Case("auto_multivariate_normal", auto_mvn),
+    Case("num_particles_4", nonreparam_in_plate, {"num_particles": 4}),
+    Case("vectorized_particles", nonreparam_in_plate,
+         {"num_particles": 4, "vectorize_particles": True, "max_plate_nesting": 1}),
+    Case("vectorized_nested", nonreparam_nested,
+         {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 2}),
+]
