@@ -10,6 +10,7 @@ import pyro.optim
 import torch
 
 from pyro_svi_ext.estimators.base import ELBO
+from pyro_svi_ext.infer.optim_step import FusedStep
 from pyro_svi_ext.infer.trace_posterior import TracePosterior
 from pyro_svi_ext.trace import SiteRecorder, posterior_trace
 
@@ -71,6 +72,7 @@ class SVI(TracePosterior):
         self.optim = optim
         self.num_samples = num_samples
         self.num_steps = num_steps
+        self._optim_step = FusedStep(optim)
         # this package's ELBOs report the params they touched: no extra handler needed
         self._tracked_step = loss._loss_and_grads if isinstance(loss, ELBO) else None
         if hasattr(loss, "loss") and hasattr(loss, "loss_and_grads"):
@@ -103,7 +105,7 @@ class SVI(TracePosterior):
                 del store[name]
             raise
         tensors = list(params.values())
-        self.optim(tensors)
+        self._optim_step(tensors)
         grads = [p.grad for p in tensors if p.grad is not None]
         if grads:
             torch._foreach_zero_(grads)

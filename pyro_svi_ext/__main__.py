@@ -1,0 +1,5 @@
+import sys
+
+from pyro_svi_ext.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""One multi-tensor optimizer step for all params of a ``pyro.optim.PyroOptim``.
+
+A ``PyroOptim`` keeps one torch optimizer per parameter and steps them one by one;
+with many small params that loop costs more than the arithmetic. :class:`FusedStep`
+steps all params that share hyper-parameters with a single ``foreach`` torch optimizer
+whose per-param state *is* the per-param optimizers' state (the same dict objects), so
+``optim.get_state()``, ``save`` and ``load`` see every update, and the parameter values
+equal the per-param loop's.
+
+It falls back to the ``PyroOptim``'s own loop for: optimizers it does not know (e.g.
+``ClippedAdam``), LR schedulers, gradient clipping, and a param's first step (which is
+where ``PyroOptim`` creates that param's optimizer and loads saved state).
+"""
+
+from __future__ import annotations
+
+import pyro.optim
+import torch
+
+FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop,
+           torch.optim.Adagrad, torch.optim.Adamax)
+_NOT_HYPER = ("params", "foreach", "fused", "differentiable", "capturable")
+
+
+class FusedStep:
+    """Callable ``step(params)`` with the semantics of ``optim(params)``."""
+
+    def __init__(self, optim: pyro.optim.PyroOptim):
+        self.optim = optim
+        self.fusable = (
+            type(optim) is pyro.optim.PyroOptim and optim.pt_optim_constructor in FUSABLE
+        )
+        self._key: tuple | None = None
+        self._fused: list[torch.optim.Optimizer] = []
+
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        optim = self.optim
+        objs = optim.optim_objs
+        if (
+            not self.fusable
+            or len(params) < 2
+            or any(p not in objs or optim.grad_clip.get(p) is not None for p in params)
+        ):
+            optim(params)
+            return
+        key = tuple((id(p), id(objs[p])) for p in params)
+        if key != self._key:
+            self._fused = self._build(params)
+            self._key = key
+        for fused in self._fused:
+            fused.step()
+
+    def _build(self, params: list[torch.Tensor]) -> list[torch.optim.Optimizer]:
+        objs = self.optim.optim_objs
+        groups: dict[str, tuple[dict, list]] = {}
+        for p in params:
+            (group,) = objs[p].param_groups
+            hyper = {k: v for k, v in group.items() if k not in _NOT_HYPER}
+            groups.setdefault(repr(sorted(hyper.items())), (hyper, []))[1].append(p)
+        fused = []
+        for hyper, members in groups.values():
+            opt = self.optim.pt_optim_constructor(members, foreach=True, **hyper)
+            for p in members:
+                opt.state[p] = objs[p].state[p]  # share, do not copy
+            fused.append(opt)
+        return fused
