@@ -24,9 +24,9 @@ import pyro.optim
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import models  # noqa: E402
+import models
 
-import pyro_svi_ext  # noqa: E402
+import pyro_svi_ext
 
 BENCHES = {
     "blr N=1000 D=10 (hand guide)": models.blr,

@@ -103,9 +103,11 @@ def nonfinite_sites(model: dict[str, Site], guide: dict[str, Site]) -> list[str]
     bad = []
     for role, sites in (("model", model), ("guide", guide)):
         for site in sites.values():
-            total = site.log_prob_sum
-            if total is not None and not math.isfinite(float(total)):
-                bad.append(f"{role}:{site.name} (log_prob sum {float(total)})")
+            if site.log_prob_sum is None:
+                continue
+            total = float(site.log_prob_sum.detach())
+            if not math.isfinite(total):
+                bad.append(f"{role}:{site.name} (log_prob sum {total})")
     return bad
 
 

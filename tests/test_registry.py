@@ -1,0 +1,195 @@
+"""The pluggy registry: lookup, errors, capabilities, and a real third-party plugin."""
+
+import importlib
+import os
+import sys
+import textwrap
+import warnings
+
+import pytest
+
+import pyro_svi_ext
+from pyro_svi_ext import registry
+from pyro_svi_ext.registry import (
+    Capabilities,
+    DuplicateEstimatorError,
+    EstimatorRegistry,
+    PluginLoadWarning,
+    PluginRegistrar,
+    UnknownEstimatorError,
+)
+
+
+@pytest.fixture
+def plugin_dir(tmp_path):
+    """A directory on ``sys.path`` for fake installed plugins; afterwards the path, the
+    imported plugin modules and the registry are restored."""
+    sys.path.insert(0, str(tmp_path))
+    saved_env = os.environ.pop(registry.DISABLE_AUTOLOAD_ENV, None)
+    modules_before = set(sys.modules)
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    for name in set(sys.modules) - modules_before:
+        if name.startswith("svi_ext_"):
+            del sys.modules[name]
+    if saved_env is not None:
+        os.environ[registry.DISABLE_AUTOLOAD_ENV] = saved_env
+    importlib.invalidate_caches()
+    registry.reload()
+
+
+@pytest.mark.parametrize("name", ["Trace_ELBO", "trace_elbo", "TRACE_ELBO", "trace-elbo"])
+def test_lookup_by_canonical_name_and_alias_is_case_insensitive(name):
+    assert pyro_svi_ext.get(name) is pyro_svi_ext.Trace_ELBO
+
+
+def test_make_passes_arguments():
+    elbo = pyro_svi_ext.make("trace_elbo", num_particles=3)
+    assert isinstance(elbo, pyro_svi_ext.Trace_ELBO)
+    assert elbo.num_particles == 3
+
+
+def test_unknown_name_is_a_key_error_with_close_matches():
+    with pytest.raises(UnknownEstimatorError) as info:
+        pyro_svi_ext.get("trace_elbow")
+    assert isinstance(info.value, KeyError)
+    assert info.value.matches == ["Trace_ELBO"]
+    assert "did you mean Trace_ELBO" in str(info.value)
+
+
+def test_unknown_name_without_close_match_lists_registered():
+    with pytest.raises(KeyError, match=r"registered: .*Trace_ELBO"):
+        pyro_svi_ext.get("hamiltonian")
+
+
+def test_available_reports_capabilities_signature_and_plugin():
+    (reg,) = [r for r in pyro_svi_ext.available() if r.name == "Trace_ELBO"]
+    assert reg.cls is pyro_svi_ext.Trace_ELBO
+    assert reg.aliases == ("trace_elbo",)
+    assert reg.capabilities.reparam and reg.capabilities.nonreparam
+    assert not reg.capabilities.enumeration
+    assert reg.plugin == registry.BUILTIN_PLUGIN
+    assert reg.signature.startswith("Trace_ELBO(num_particles")
+    assert "vectorize_particles" in reg.signature
+
+
+def test_two_plugins_claiming_one_name_are_both_named():
+    reg = EstimatorRegistry()
+    PluginRegistrar("first_plugin", reg).add(pyro_svi_ext.Trace_ELBO)
+    first = PluginRegistrar("first_plugin", reg)
+    first.add(pyro_svi_ext.Trace_ELBO, name="Mine")
+    reg.add(first.staged[0])
+    second = PluginRegistrar("second_plugin", reg)
+    with pytest.raises(DuplicateEstimatorError) as info:
+        second.add(pyro_svi_ext.Trace_ELBO, name="other", aliases=("MINE",))
+    assert "first_plugin" in str(info.value) and "second_plugin" in str(info.value)
+
+
+def _write_plugin(tmp_path, dist_name, module, body):
+    """A minimal installed distribution: a module plus dist-info with an entry point."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(body))
+    info = tmp_path / f"{dist_name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[pyro_svi_ext]\n{module} = {module}\n")
+
+
+GOOD_PLUGIN = """
+    import pyro_svi_ext
+    from pyro_svi_ext.registry import Capabilities
+
+    class Scaled_ELBO(pyro_svi_ext.Trace_ELBO):
+        '''Trace_ELBO times two: a stand-in third-party estimator.'''
+
+        def _particle_elbo(self, pair):
+            return 2 * super()._particle_elbo(pair)
+
+    @pyro_svi_ext.hookimpl
+    def pyro_svi_ext_register_estimators(registry):
+        registry.add(Scaled_ELBO, aliases=("scaled",),
+                     capabilities=Capabilities(nonreparam=False))
+"""
+
+
+def test_third_party_plugin_is_found_through_its_entry_point(plugin_dir):
+    _write_plugin(plugin_dir, "svi_ext_good", "svi_ext_good_plugin", GOOD_PLUGIN)
+    registry.reload()
+    cls = pyro_svi_ext.get("SCALED")
+    assert cls.__name__ == "Scaled_ELBO"
+    (reg,) = [r for r in pyro_svi_ext.available() if r.name == "Scaled_ELBO"]
+    assert reg.plugin == "svi_ext_good:svi_ext_good_plugin"
+    assert reg.capabilities == Capabilities(nonreparam=False)
+    assert pyro_svi_ext.get("trace_elbo") is pyro_svi_ext.Trace_ELBO
+
+
+def test_autoload_can_be_disabled(plugin_dir, monkeypatch):
+    _write_plugin(plugin_dir, "svi_ext_good", "svi_ext_good_plugin", GOOD_PLUGIN)
+    monkeypatch.setenv(registry.DISABLE_AUTOLOAD_ENV, "1")
+    registry.reload()
+    with pytest.raises(UnknownEstimatorError):
+        pyro_svi_ext.get("scaled")
+
+
+BROKEN_IMPORT = "raise ImportError('missing dependency of the plugin')\n"
+BROKEN_HOOK = """
+    import pyro_svi_ext
+
+    @pyro_svi_ext.hookimpl
+    def pyro_svi_ext_register_estimators(registry):
+        registry.add(pyro_svi_ext.Trace_ELBO, name="HalfRegistered")
+        raise RuntimeError("boom while registering")
+"""
+MISSPELLED_HOOK = """
+    import pyro_svi_ext
+
+    @pyro_svi_ext.hookimpl
+    def pyro_svi_ext_register_estimator(registry):
+        pass
+"""
+DUPLICATE = """
+    import pyro_svi_ext
+
+    @pyro_svi_ext.hookimpl
+    def pyro_svi_ext_register_estimators(registry):
+        registry.add(pyro_svi_ext.Trace_ELBO, aliases=("trace_elbo",))
+"""
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [(BROKEN_IMPORT, "missing dependency"), (BROKEN_HOOK, "boom while registering"),
+     (MISSPELLED_HOOK, "pyro_svi_ext_register_estimator"),
+     (DUPLICATE, "already registered as 'Trace_ELBO' by plugin 'pyro_svi_ext.builtin'")],
+    ids=["import-error", "hook-raises", "misspelled-hook", "duplicate-name"],
+)
+def test_a_failing_plugin_is_named_and_the_others_still_load(plugin_dir, body, message):
+    _write_plugin(plugin_dir, "svi_ext_bad", "svi_ext_bad_plugin", body)
+    _write_plugin(plugin_dir, "svi_ext_good", "svi_ext_good_plugin", GOOD_PLUGIN)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registry.reload()
+    (error,) = registry.load_errors()
+    assert error.plugin == "svi_ext_bad:svi_ext_bad_plugin"
+    assert message in str(error)
+    assert any(issubclass(w.category, PluginLoadWarning) and "svi_ext_bad" in str(w.message)
+               for w in caught)
+    assert pyro_svi_ext.get("scaled").__name__ == "Scaled_ELBO"
+    assert pyro_svi_ext.get("trace_elbo") is pyro_svi_ext.Trace_ELBO
+    with pytest.raises(UnknownEstimatorError):
+        pyro_svi_ext.get("HalfRegistered")  # a failed plugin keeps nothing
+
+
+def test_registry_is_clean_after_plugin_tests():
+    names = {r.name for r in pyro_svi_ext.available()}
+    assert "Trace_ELBO" in names and "Scaled_ELBO" not in names
+    assert registry.load_errors() == []
+
+
+def test_every_hook_is_documented():
+    from pyro_svi_ext import hookspecs
+
+    hooks = [n for n in dir(hookspecs) if n.startswith("pyro_svi_ext_")]
+    assert hooks == ["pyro_svi_ext_register_estimators"]
+    for name in hooks:
+        doc = getattr(hookspecs, name).__doc__
+        assert doc and "Called" in doc and "Returns" in doc
