@@ -14,6 +14,7 @@ import difflib
 import inspect
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -184,9 +185,13 @@ def _entry_point_plugins(pm: pluggy.PluginManager) -> list[PluginLoadError]:
     return errors
 
 
-def get_plugin_manager(load_entrypoints: bool | None = None) -> tuple[pluggy.PluginManager, list]:
-    """A new plugin manager with the built-ins and (unless ``PYRO_SVI_EXT_DISABLE_PLUGIN_AUTOLOAD``
-    is set, or ``load_entrypoints=False``) the ``pyro_svi_ext`` entry points registered.
+def get_plugin_manager(
+    load_entrypoints: bool | None = None, extra_plugins: Sequence[object] = ()
+) -> tuple[pluggy.PluginManager, list]:
+    """A new plugin manager with the built-ins, the ``pyro_svi_ext`` entry points (unless
+    ``PYRO_SVI_EXT_DISABLE_PLUGIN_AUTOLOAD`` is set or ``load_entrypoints=False``) and
+    ``extra_plugins`` (modules or objects with hook implementations, e.g. a plugin under
+    development) registered.
 
     Returns ``(plugin_manager, load_errors)``; a misspelled hook in a plugin is a load
     error of that plugin (pluggy's ``check_pending``).
@@ -200,13 +205,24 @@ def get_plugin_manager(load_entrypoints: bool | None = None) -> tuple[pluggy.Plu
     if load_entrypoints is None:
         load_entrypoints = not os.environ.get(DISABLE_AUTOLOAD_ENV)
     errors = _entry_point_plugins(pm) if load_entrypoints else []
+    for plugin in extra_plugins:
+        label = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}@{id(plugin):x}"
+        try:
+            pm.register(plugin, name=label)
+            pm.check_pending()
+        except Exception as err:
+            if pm.has_plugin(label):
+                pm.unregister(name=label)
+            errors.append(PluginLoadError(label, err))
     return pm, errors
 
 
-def build_registry(load_entrypoints: bool | None = None) -> EstimatorRegistry:
+def build_registry(
+    load_entrypoints: bool | None = None, extra_plugins: Sequence[object] = ()
+) -> EstimatorRegistry:
     """Load every plugin into a new registry; failures warn (:class:`PluginLoadWarning`)
     and are kept in ``registry.load_errors``."""
-    pm, errors = get_plugin_manager(load_entrypoints)
+    pm, errors = get_plugin_manager(load_entrypoints, extra_plugins)
     registry = EstimatorRegistry()
     for impl in pm.hook.pyro_svi_ext_register_estimators.get_hookimpls():
         registrar = PluginRegistrar(impl.plugin_name, registry)
@@ -232,10 +248,13 @@ def _registry() -> EstimatorRegistry:
     return _REGISTRY
 
 
-def reload(load_entrypoints: bool | None = None) -> EstimatorRegistry:
-    """Rebuild the registry (after installing a plugin at run time)."""
+def reload(
+    load_entrypoints: bool | None = None, extra_plugins: Sequence[object] = ()
+) -> EstimatorRegistry:
+    """Rebuild the registry: after installing a plugin at run time, or with
+    ``extra_plugins`` to try a plugin that is not installed yet."""
     global _REGISTRY
-    _REGISTRY = build_registry(load_entrypoints)
+    _REGISTRY = build_registry(load_entrypoints, extra_plugins)
     return _REGISTRY
 
 

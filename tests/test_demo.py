@@ -1,0 +1,31 @@
+"""The demo fits the bundled data: posterior means land near least squares."""
+
+import torch
+
+from pyro_svi_ext import demo
+from pyro_svi_ext.cli import main
+
+
+def test_bundled_data_loads():
+    x, y, names = demo.load_diabetes()
+    assert x.shape == (442, 10) and y.shape == (442,)
+    assert names[:4] == ["age", "sex", "bmi", "bp"]
+    assert 25 <= y.min() and y.max() <= 346  # the published response range
+
+
+def test_demo_posterior_means_match_least_squares():
+    result = demo.fit(num_steps=1500, seed=0)
+    x, y, p = result["x"], result["y"], result["params"]
+    design = torch.cat([x, torch.ones(len(x), 1)], 1)
+    ols = torch.linalg.lstsq(design, y.unsqueeze(-1)).solution.squeeze(-1)
+    # weakly correlated coefficients: close to least squares (prior N(0,1) is weak)
+    for i in (2, 3, 7, 9):  # bmi, bp, s4, s6
+        assert abs(p["w_loc"][i] - ols[i]) < 0.05, (i, p["w_loc"][i], ols[i])
+    assert sum(result["losses"][-100:]) < sum(result["losses"][:100])
+    assert 0.6 < p["sigma_loc"].exp() < 0.8  # residual sd of the standardized fit ~0.69
+
+
+def test_cli_list_prints_the_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "Trace_ELBO" in out and "pyro_svi_ext.builtin" in out
