@@ -69,4 +69,8 @@ def float64_total(terms: Sequence[torch.Tensor]) -> torch.Tensor:
     enough; the empty sum is a float64 zero."""
     if not terms:
         return torch.zeros((), dtype=torch.float64)
-    return torch.stack([t.detach().to(torch.float64) for t in terms]).sum()
+    with torch.no_grad():
+        try:
+            return torch.stack(terms).sum(dtype=torch.float64)
+        except RuntimeError:  # mixed dtypes or devices: convert one by one
+            return torch.stack([t.to(torch.float64) for t in terms]).sum()
