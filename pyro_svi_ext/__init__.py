@@ -10,7 +10,7 @@ import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
 
 from pyro_svi_ext import registry
 from pyro_svi_ext.errors import NonFiniteLossError
-from pyro_svi_ext.estimators import ELBO, ELBOModule, Trace_ELBO
+from pyro_svi_ext.estimators import ELBO, ELBOModule, Trace_ELBO, TraceGraph_ELBO
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.infer import SVI, TracePosterior
 from pyro_svi_ext.interop import register_virtual_subclasses
@@ -26,6 +26,7 @@ __all__ = [
     "Capabilities",
     "ELBOModule",
     "NonFiniteLossError",
+    "TraceGraph_ELBO",
     "TracePosterior",
     "Trace_ELBO",
     "available",

@@ -303,3 +303,171 @@ CASES = [
     Case("vectorized_nested", nonreparam_nested,
          {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 2}),
 ]
+
+
+# --- shapes that exercise TraceGraph_ELBO's dependency tracking and baselines --------
+
+
+def nonreparam_chain():
+    x = torch.tensor(0.7)
+
+    def model(x):
+        a = pyro.sample("a", dist.Bernoulli(0.3))
+        b = pyro.sample("b", dist.Bernoulli(0.2 + 0.6 * a))
+        c = pyro.sample("c", dist.Categorical(torch.stack([0.5 - 0.3 * b, 0.3 + 0.1 * b,
+                                                            0.2 + 0.2 * b], -1)))
+        pyro.sample("x", dist.Normal(c.float(), 1.0), obs=x)
+
+    def guide(x):
+        pa = pyro.param("pa", torch.tensor(0.4), constraint=constraints.unit_interval)
+        pb = pyro.param("pb", torch.tensor([0.3, 0.6]), constraint=constraints.unit_interval)
+        pc = pyro.param("pc", torch.ones(3) / 3, constraint=constraints.simplex)
+        a = pyro.sample("a", dist.Bernoulli(pa))
+        b = pyro.sample("b", dist.Bernoulli(pb[a.long()]))
+        pyro.sample("c", dist.Categorical(pc * (1 + b)))
+
+    return model, guide, (x,)
+
+
+def nonreparam_inside_and_outside_plates():
+    x = _data(4, 3)
+
+    def model(x):
+        s = pyro.sample("s", dist.Bernoulli(0.5))
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 0.3))
+        with pyro.plate("groups", 4, dim=-2):
+            g = pyro.sample("g", dist.Bernoulli(0.3 + 0.4 * s))
+            with pyro.plate("items", 3, dim=-1):
+                k = pyro.sample("k", dist.Categorical(torch.tensor([0.2, 0.5, 0.3])))
+                pyro.sample("x", dist.Normal(g + k.float() - s, scale), obs=x)
+
+    def guide(x):
+        ps = pyro.param("ps", torch.tensor(0.5), constraint=constraints.unit_interval)
+        pg = pyro.param("pg", torch.full((4, 1), 0.4), constraint=constraints.unit_interval)
+        pk = pyro.param("pk", torch.ones(4, 3, 3) / 3, constraint=constraints.simplex)
+        loc, sc = _loc_scale("scale", ())
+        pyro.sample("s", dist.Bernoulli(ps))
+        pyro.sample("scale", dist.LogNormal(loc, sc))
+        with pyro.plate("groups", 4, dim=-2):
+            pyro.sample("g", dist.Bernoulli(pg))
+            with pyro.plate("items", 3, dim=-1):
+                pyro.sample("k", dist.Categorical(pk))
+
+    return model, guide, (x,)
+
+
+def sequential_chain():
+    """A sequential plate whose iterations are independent, then a dependent tail."""
+    x = _data(4)
+
+    def model(x):
+        zs = []
+        for i in pyro.plate("seq", 3):
+            z = pyro.sample(f"z_{i}", dist.Bernoulli(0.4))
+            pyro.sample(f"x_{i}", dist.Normal(2.0 * z, 1.0), obs=x[i])
+            zs.append(z)
+        pyro.sample("tail", dist.Normal(sum(zs), 1.0), obs=x[3])
+
+    def guide(x):
+        p = pyro.param("p", torch.full((3,), 0.5), constraint=constraints.unit_interval)
+        for i in pyro.plate("seq", 3):
+            pyro.sample(f"z_{i}", dist.Bernoulli(p[i]))
+
+    return model, guide, (x,)
+
+
+def subsampled_nonreparam():
+    x = _data(50)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", 50, subsample_size=8) as ind:
+            z = pyro.sample("z", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(mu + z, 1.0), obs=x[ind])
+
+    def guide(x):
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("mu", dist.Normal(loc, scale))
+        p = pyro.param("p", torch.full((50,), 0.5), constraint=constraints.unit_interval)
+        with pyro.plate("data", 50, subsample_size=8) as ind:
+            pyro.sample("z", dist.Bernoulli(p[ind]))
+
+    return model, guide, (x,)
+
+
+def _baseline_case(baseline_for):
+    x = _data(5) + 1.0
+
+    def model(x):
+        s = pyro.sample("s", dist.Bernoulli(0.4))
+        with pyro.plate("data", 5):
+            k = pyro.sample("k", dist.Bernoulli(0.3 + 0.3 * s))
+            pyro.sample("x", dist.Normal(k + s, 1.0), obs=x)
+
+    def guide(x):
+        ps = pyro.param("ps", torch.tensor(0.6), constraint=constraints.unit_interval)
+        pk = pyro.param("pk", torch.full((5,), 0.5), constraint=constraints.unit_interval)
+        pyro.sample("s", dist.Bernoulli(ps), infer={"baseline": baseline_for("s", ())})
+        with pyro.plate("data", 5):
+            pyro.sample("k", dist.Bernoulli(pk), infer={"baseline": baseline_for("k", (5,))})
+
+    return model, guide, (x,)
+
+
+def baseline_decaying_average():
+    return _baseline_case(lambda name, shape: {"use_decaying_avg_baseline": True,
+                                               "baseline_beta": 0.8})
+
+
+def baseline_value():
+    return _baseline_case(lambda name, shape: {"baseline_value": torch.full(shape, -2.0)})
+
+
+def baseline_nn():
+    torch.manual_seed(7)
+    nets = {"s": torch.nn.Linear(2, 1), "k": torch.nn.Linear(2, 1)}
+    features = torch.tensor([0.5, -1.0])
+
+    def options(name, shape):
+        net = nets[name]
+
+        def baseline(inp, net=net, shape=shape):
+            pyro.module(f"baseline_{name}", net)
+            return net(inp).sum().expand(shape) if shape else net(inp).squeeze(-1)
+
+        return {"nn_baseline": baseline, "nn_baseline_input": features}
+
+    return _baseline_case(options)
+
+
+def baseline_nn_and_average():
+    torch.manual_seed(8)
+    net = torch.nn.Linear(2, 1)
+
+    def options(name, shape):
+        if name == "k":
+            return {"use_decaying_avg_baseline": True}
+
+        def baseline(inp):
+            pyro.module("baseline_s", net)
+            return net(inp).squeeze(-1)
+
+        return {"nn_baseline": baseline, "nn_baseline_input": torch.tensor([1.0, 2.0]),
+                "use_decaying_avg_baseline": True}
+
+    return _baseline_case(options)
+
+
+GRAPH_CASES = [
+    Case("nonreparam_chain", nonreparam_chain),
+    Case("nonreparam_inside_and_outside_plates", nonreparam_inside_and_outside_plates),
+    Case("sequential_chain", sequential_chain),
+    Case("subsampled_nonreparam", subsampled_nonreparam),
+    Case("baseline_decaying_average", baseline_decaying_average),
+    Case("baseline_value", baseline_value),
+    Case("baseline_nn", baseline_nn),
+    Case("baseline_nn_and_average", baseline_nn_and_average),
+    Case("graph_vectorized", nonreparam_inside_and_outside_plates,
+         {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 2}),
+    Case("graph_particles", nonreparam_chain, {"num_particles": 5}),
+]

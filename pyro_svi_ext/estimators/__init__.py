@@ -2,5 +2,6 @@
 
 from pyro_svi_ext.estimators.base import ELBO, ELBOModule
 from pyro_svi_ext.estimators.trace_elbo import Trace_ELBO
+from pyro_svi_ext.estimators.tracegraph_elbo import TraceGraph_ELBO
 
-__all__ = ["ELBO", "ELBOModule", "Trace_ELBO"]
+__all__ = ["ELBO", "ELBOModule", "TraceGraph_ELBO", "Trace_ELBO"]

@@ -16,7 +16,14 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.errors import NonFiniteLossError
-from pyro_svi_ext.trace import TracePair, nonfinite_sites, run_pair, vectorize_particles
+from pyro_svi_ext.kernels import float64_total
+from pyro_svi_ext.trace import (
+    SiteRecorder,
+    TracePair,
+    nonfinite_sites,
+    run_pair,
+    vectorize_particles,
+)
 
 INF = float("inf")
 
@@ -66,6 +73,8 @@ class ELBO:
 
     #: the name used in messages (subclasses set their registry name)
     estimator_name = "ELBO"
+    #: whether the trace layer tracks which log-probs depend on non-reparameterized sites
+    track_nonreparam = False
 
     def __init__(
         self,
@@ -110,7 +119,10 @@ class ELBO:
 
     # --- per-particle terms, supplied by subclasses ---------------------------------
     def _particle_elbo(self, pair: TracePair) -> torch.Tensor:
-        raise NotImplementedError
+        """``sum log p - sum log q`` over the particle's sites (float64 scalar)."""
+        model = float64_total([s.log_prob_sum for s in pair.model.values()])
+        guide = float64_total([s.log_prob_sum for s in pair.guide.values()])
+        return model - guide
 
     def _particle_surrogate(self, pair: TracePair) -> torch.Tensor:
         raise NotImplementedError
@@ -124,9 +136,10 @@ class ELBO:
                 model = vectorize_particles(model, self.num_particles, dim)
                 guide = vectorize_particles(guide, self.num_particles, dim)
             return [run_pair(model, guide, args, kwargs, self.max_plate_nesting,
-                             self.estimator_name)]
+                             self.estimator_name, self.track_nonreparam)]
         return [
-            run_pair(model, guide, args, kwargs, self.max_plate_nesting, self.estimator_name)
+            run_pair(model, guide, args, kwargs, self.max_plate_nesting, self.estimator_name,
+                     self.track_nonreparam)
             for _ in range(self.num_particles)
         ]
 
@@ -174,7 +187,9 @@ class ELBO:
         params = pairs[0].params
         for pair in pairs[1:]:
             params.update(pair.params)
-        surrogate = self._mean_surrogate(pairs)
+        with SiteRecorder(params_only=True) as late:  # e.g. pyro.module in an nn baseline
+            surrogate = self._mean_surrogate(pairs)
+        params.update(late.params)
         if params and getattr(surrogate, "requires_grad", False):
             (-surrogate).backward(retain_graph=self.retain_graph)
         return loss, params

@@ -7,7 +7,6 @@ import torch
 
 from pyro_svi_ext.estimators.base import ELBO
 from pyro_svi_ext.kernels import (
-    float64_total,
     is_identically_zero,
     score_function_surrogate,
     sum_out_dims,
@@ -53,11 +52,6 @@ class Trace_ELBO(ELBO):
     """
 
     estimator_name = "Trace_ELBO"
-
-    def _particle_elbo(self, pair: TracePair) -> torch.Tensor:
-        model = float64_total([s.log_prob_sum for s in pair.model.values()])
-        guide = float64_total([s.log_prob_sum for s in pair.guide.values()])
-        return model - guide
 
     def _particle_surrogate(self, pair: TracePair) -> torch.Tensor:
         surrogate = sum(s.log_prob_sum for s in pair.model.values())

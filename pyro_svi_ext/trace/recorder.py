@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from pyro.poutine.messenger import Messenger
 
+from pyro_svi_ext.trace.provenance import track
 from pyro_svi_ext.trace.sites import Site, site_from_message
 
 
@@ -24,15 +25,20 @@ class SiteRecorder(Messenger):
 
     :param replay: guide sites whose values replace the model's latent draws.
     :param params_only: record params only (used around custom losses).
+    :param track_nonreparam: wrap the value of each latent site whose distribution has no
+        ``rsample`` in a :class:`~pyro_svi_ext.trace.provenance.TrackedTensor` naming the
+        site, so everything computed from it records that dependency.
 
     Raises ``RuntimeError`` naming the site when two sample sites share a name, and
     ``ValueError`` when a replayed guide site is observed but the model samples it.
     """
 
-    def __init__(self, replay: Mapping[str, Site] | None = None, params_only: bool = False):
+    def __init__(self, replay: Mapping[str, Site] | None = None, params_only: bool = False,
+                 track_nonreparam: bool = False):
         super().__init__()
         self.replay = replay
         self.params_only = params_only
+        self.track_nonreparam = track_nonreparam
         self.sites: dict[str, Site] = {}
         self.params: dict[str, torch.Tensor] = {}
         # plate subsample indices drawn here, replayed so model and guide share them
@@ -72,6 +78,9 @@ class SiteRecorder(Messenger):
         name = msg["name"]
         if name in self.sites:
             raise RuntimeError(f"multiple sample sites named {name!r}")
+        if (self.track_nonreparam and not msg["is_observed"]
+                and not getattr(msg["fn"], "has_rsample", False)):
+            msg["value"] = track(msg["value"], frozenset((name,)))
         self.sites[name] = site_from_message(msg)
 
     def _pyro_post_param(self, msg: dict) -> None:
@@ -80,13 +89,15 @@ class SiteRecorder(Messenger):
         self.params[msg["name"]] = unconstrained() if unconstrained is not None else value
 
 
-def run_recorded(fn, args: tuple, kwargs: dict, against: SiteRecorder | None = None):
+def run_recorded(fn, args: tuple, kwargs: dict, against: SiteRecorder | None = None,
+                 track_nonreparam: bool = False):
     """Run ``fn(*args, **kwargs)`` under a :class:`SiteRecorder`, replaying the latent
     values and subsample indices that ``against`` (a guide run) recorded.
 
     Returns ``(recorder, result)``.
     """
-    recorder = SiteRecorder(replay=None if against is None else against.sites)
+    recorder = SiteRecorder(replay=None if against is None else against.sites,
+                            track_nonreparam=track_nonreparam)
     if against is not None:
         recorder.replay_subsamples = against.subsamples
     with recorder:

@@ -33,14 +33,18 @@ def run_pair(
     kwargs: dict,
     max_plate_nesting: float = float("inf"),
     estimator: str = "ELBO",
+    track_nonreparam: bool = False,
 ) -> TracePair:
     """Run ``guide`` then ``model`` (replayed), compute log-probs and score parts.
 
     Under pyro validation, also checks pairing and each site's batch shape against its
-    plates (``max_plate_nesting`` bounds the checked dims).
+    plates (``max_plate_nesting`` bounds the checked dims). With ``track_nonreparam``,
+    log-probs carry the names of the non-reparameterized sites they depend on
+    (:mod:`~pyro_svi_ext.trace.provenance`).
     """
-    guide_run, _ = run_recorded(guide, args, kwargs)
-    model_run, ret = run_recorded(model, args, kwargs, against=guide_run)
+    guide_run, _ = run_recorded(guide, args, kwargs, track_nonreparam=track_nonreparam)
+    model_run, ret = run_recorded(model, args, kwargs, against=guide_run,
+                                  track_nonreparam=track_nonreparam)
     validate = is_validation_enabled()
     if validate:
         check_pairing(model_run.sites, guide_run.sites)
