@@ -53,7 +53,7 @@ def test_unknown_name_is_a_key_error_with_close_matches():
     with pytest.raises(UnknownEstimatorError) as info:
         pyro_svi_ext.get("trace_elbow")
     assert isinstance(info.value, KeyError)
-    assert info.value.matches == ["Trace_ELBO"]
+    assert info.value.matches[0] == "Trace_ELBO"
     assert "did you mean Trace_ELBO" in str(info.value)
 
 
