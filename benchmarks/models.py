@@ -68,3 +68,45 @@ def many_sites(k: int = 20):
             pyro.sample(f"z_{i}", dist.Normal(loc, scale))
 
     return model, guide, (data,)
+
+
+def discrete_plates():
+    """Global and per-datum Bernoulli latents (N=8) with decaying-average baselines."""
+    x = torch.linspace(-1.0, 2.0, 8)
+
+    def model(x):
+        s = pyro.sample("s", dist.Bernoulli(0.4))
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 8):
+            k = pyro.sample("k", dist.Bernoulli(0.3 + 0.3 * s))
+            pyro.sample("x", dist.Normal(mu + k + s, 1.0), obs=x)
+
+    def guide(x):
+        ps = pyro.param("ps", torch.tensor(0.6), constraint=constraints.unit_interval)
+        pk = pyro.param("pk", torch.full((8,), 0.5), constraint=constraints.unit_interval)
+        loc = pyro.param("mu_loc", torch.tensor(0.0))
+        scale = pyro.param("mu_scale", torch.tensor(1.0), constraint=constraints.positive)
+        baseline = {"baseline": {"use_decaying_avg_baseline": True}}
+        pyro.sample("s", dist.Bernoulli(ps), infer=baseline)
+        pyro.sample("mu", dist.Normal(loc, scale))
+        with pyro.plate("data", 8):
+            pyro.sample("k", dist.Bernoulli(pk), infer=baseline)
+
+    return model, guide, (x,)
+
+
+def sequential_bernoulli(t: int = 20):
+    """A sequential plate of ``t`` independent Bernoulli latents with observations."""
+    x = torch.linspace(-1.0, 3.0, t)
+
+    def model(x):
+        for i in pyro.plate("time", t):
+            z = pyro.sample(f"z_{i}", dist.Bernoulli(0.5))
+            pyro.sample(f"x_{i}", dist.Normal(2.0 * z, 1.0), obs=x[i])
+
+    def guide(x):
+        p = pyro.param("p", torch.full((t,), 0.5), constraint=constraints.unit_interval)
+        for i in pyro.plate("time", t):
+            pyro.sample(f"z_{i}", dist.Bernoulli(p[i]))
+
+    return model, guide, (x,)

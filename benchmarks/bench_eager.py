@@ -1,6 +1,6 @@
-"""Eager Trace_ELBO SVI step: this package vs Pyro's own, timed in one run.
+"""Eager SVI steps: this package's estimators vs Pyro's own, timed in one run.
 
-    python benchmarks/bench_trace_elbo.py [--steps 300] [--rounds 7] [--out DIR]
+    python benchmarks/bench_eager.py [--steps 300] [--rounds 7] [--only SUBSTR] [--out DIR]
 
 Both implementations run the same model, guide, data and optimizer, interleaved in
 rounds so machine noise hits both alike; the figure that matters is the ratio
@@ -28,20 +28,24 @@ import models
 
 import pyro_svi_ext
 
-BENCHES = {
-    "blr N=1000 D=10 (hand guide)": models.blr,
-    "blr N=1000 D=10 (AutoNormal)": models.blr_autonormal,
-    "20 latent sites": models.many_sites,
+BENCHES = {  # label: (build, estimator name in both pyro.infer and pyro_svi_ext)
+    "Trace_ELBO: blr N=1000 D=10 (hand guide)": (models.blr, "Trace_ELBO"),
+    "Trace_ELBO: blr N=1000 D=10 (AutoNormal)": (models.blr_autonormal, "Trace_ELBO"),
+    "Trace_ELBO: 20 latent sites": (models.many_sites, "Trace_ELBO"),
+    "TraceGraph_ELBO: 8 Bernoulli latents, plates + baselines": (models.discrete_plates,
+                                                                 "TraceGraph_ELBO"),
+    "TraceGraph_ELBO: sequential plate T=20": (models.sequential_bernoulli, "TraceGraph_ELBO"),
 }
 IMPLS = {
-    "pyro": (pyro.infer.SVI, pyro.infer.Trace_ELBO),
-    "pyro_svi_ext": (pyro_svi_ext.SVI, pyro_svi_ext.Trace_ELBO),
+    "pyro": (pyro.infer.SVI, pyro.infer),
+    "pyro_svi_ext": (pyro_svi_ext.SVI, pyro_svi_ext),
 }
 
 
-def time_steps(impl: str, build, steps: int) -> float:
+def time_steps(impl: str, build, estimator: str, steps: int) -> float:
     """Seconds per SVI step (after 20 warm-up steps)."""
-    svi_cls, elbo_cls = IMPLS[impl]
+    svi_cls, namespace = IMPLS[impl]
+    elbo_cls = getattr(namespace, estimator)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model, guide, args = build()
@@ -54,12 +58,14 @@ def time_steps(impl: str, build, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def run(steps: int, rounds: int) -> list[dict]:
+def run(steps: int, rounds: int, only: str = "") -> list[dict]:
     rows = []
-    for label, build in BENCHES.items():
+    for label, (build, estimator) in BENCHES.items():
+        if only not in label:
+            continue
         ratios, per_impl = [], {k: [] for k in IMPLS}
         for _ in range(rounds):
-            t = {impl: time_steps(impl, build, steps) for impl in IMPLS}
+            t = {impl: time_steps(impl, build, estimator, steps) for impl in IMPLS}
             for impl, v in t.items():
                 per_impl[impl].append(v)
             ratios.append(t["pyro"] / t["pyro_svi_ext"])
@@ -77,7 +83,7 @@ def run(steps: int, rounds: int) -> list[dict]:
 
 def to_markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | Pyro Trace_ELBO ms/step | pyro_svi_ext ms/step | speedup (median, min-max) |",
+        "| estimator: model | Pyro ms/step | pyro_svi_ext ms/step | speedup (median, min-max) |",
         "|---|---|---|---|",
     ]
     for r in rows:
@@ -92,10 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--only", default="", help="run benchmarks whose label has this")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = run(opts.steps, opts.rounds)
+    rows = run(opts.steps, opts.rounds, opts.only)
     table = to_markdown(rows)
     print(table)
     out = Path(opts.out)
@@ -103,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"torch": torch.__version__, "pyro": pyro.__version__,
             "python": platform.python_version(), "threads": 1,
             "steps": opts.steps, "rounds": opts.rounds}
-    (out / "trace_elbo.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "trace_elbo.md").write_text(table + "\n")
+    (out / "eager.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "eager.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":
