@@ -10,9 +10,16 @@ import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
 
 from pyro_svi_ext import registry
 from pyro_svi_ext.errors import NonFiniteLossError
-from pyro_svi_ext.estimators import ELBO, ELBOModule, Trace_ELBO, TraceGraph_ELBO
+from pyro_svi_ext.estimators import ELBO, ELBOModule, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro_svi_ext.hookspecs import hookimpl
-from pyro_svi_ext.infer import SVI, TracePosterior
+from pyro_svi_ext.infer import (
+    SVI,
+    EmpiricalMarginal,
+    EmptyPosteriorError,
+    Importance,
+    TracePosterior,
+    TracePredictive,
+)
 from pyro_svi_ext.interop import register_virtual_subclasses
 from pyro_svi_ext.registry import Capabilities, available, get, make
 
@@ -25,9 +32,14 @@ __all__ = [
     "SVI",
     "Capabilities",
     "ELBOModule",
+    "EmpiricalMarginal",
+    "EmptyPosteriorError",
+    "Importance",
     "NonFiniteLossError",
+    "RenyiELBO",
     "TraceGraph_ELBO",
     "TracePosterior",
+    "TracePredictive",
     "Trace_ELBO",
     "available",
     "get",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyro_svi_ext.estimators import Trace_ELBO, TraceGraph_ELBO
+from pyro_svi_ext.estimators import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.registry import Capabilities, PluginRegistrar
 
@@ -17,5 +17,10 @@ def pyro_svi_ext_register_estimators(registry: PluginRegistrar) -> None:
     registry.add(
         TraceGraph_ELBO,
         aliases=("tracegraph_elbo", "trace_graph_elbo"),
+        capabilities=Capabilities(reparam=True, nonreparam=True),
+    )
+    registry.add(
+        RenyiELBO,
+        aliases=("renyi_elbo", "renyi", "iwae"),
         capabilities=Capabilities(reparam=True, nonreparam=True),
     )

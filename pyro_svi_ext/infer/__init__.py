@@ -1,6 +1,17 @@
 """Inference drivers: SVI and posteriors built from traces."""
 
+from pyro_svi_ext.infer.importance import Importance
+from pyro_svi_ext.infer.marginal import EmpiricalMarginal
+from pyro_svi_ext.infer.predictive import TracePredictive
 from pyro_svi_ext.infer.svi import SVI
-from pyro_svi_ext.infer.trace_posterior import TracePosterior
+from pyro_svi_ext.infer.trace_posterior import EmptyPosteriorError, Marginals, TracePosterior
 
-__all__ = ["SVI", "TracePosterior"]
+__all__ = [
+    "SVI",
+    "EmpiricalMarginal",
+    "EmptyPosteriorError",
+    "Importance",
+    "Marginals",
+    "TracePosterior",
+    "TracePredictive",
+]

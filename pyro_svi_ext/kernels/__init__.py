@@ -9,16 +9,28 @@ from pyro_svi_ext.kernels.elbo_terms import (
     is_identically_zero,
     scale_and_mask,
     score_function_surrogate,
+    sum_dims,
     sum_out_dims,
+)
+from pyro_svi_ext.kernels.weights import (
+    effective_sample_size,
+    log_mean_exp,
+    normalized_log_weights,
+    renyi_weights,
 )
 
 __all__ = [
     "baseline_loss",
     "decayed_average",
+    "effective_sample_size",
     "float64_total",
     "is_identically_zero",
+    "log_mean_exp",
+    "normalized_log_weights",
     "reduce_costs",
+    "renyi_weights",
     "scale_and_mask",
     "score_function_surrogate",
+    "sum_dims",
     "sum_out_dims",
 ]

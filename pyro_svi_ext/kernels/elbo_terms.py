@@ -48,6 +48,12 @@ def sum_out_dims(value: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     return value.sum(present, keepdim=True)
 
 
+def sum_dims(value: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """Sum ``value`` over the negative ``dims`` it has, dropping them."""
+    present = [d for d in dims if -value.dim() <= d]
+    return value.sum(present) if present else value
+
+
 def score_function_surrogate(
     downstream: Iterable[torch.Tensor], score_function: torch.Tensor
 ) -> torch.Tensor:

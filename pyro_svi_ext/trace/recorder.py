@@ -43,6 +43,8 @@ class SiteRecorder(Messenger):
         self.params: dict[str, torch.Tensor] = {}
         # plate subsample indices drawn here, replayed so model and guide share them
         self.subsamples: dict[str, torch.Tensor] = {}
+        # plates that drew fewer indices than their size (minibatches)
+        self.subsampled_plates: set[str] = set()
         self.replay_subsamples: Mapping[str, torch.Tensor] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
@@ -71,6 +73,8 @@ class SiteRecorder(Messenger):
             return
         if _is_subsample(msg):
             self.subsamples[msg["name"]] = msg["value"]
+            if msg["value"].numel() < msg["fn"].size:
+                self.subsampled_plates.add(msg["name"])
             return
         infer = msg["infer"]
         if infer and infer.get("_do_not_trace"):

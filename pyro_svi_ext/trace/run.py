@@ -24,6 +24,8 @@ class TracePair:
     guide: dict[str, Site]
     params: dict[str, torch.Tensor]
     model_return: Any = None
+    #: names of plates that drew a minibatch (subsample smaller than the plate)
+    subsampled_plates: frozenset = frozenset()
 
 
 def run_pair(
@@ -57,7 +59,8 @@ def run_pair(
                 check_site_shape(site, role, max_plate_nesting)
     params = guide_run.params
     params.update(model_run.params)
-    return TracePair(model_run.sites, guide_run.sites, params, ret)
+    return TracePair(model_run.sites, guide_run.sites, params, ret,
+                     frozenset(model_run.subsampled_plates | guide_run.subsampled_plates))
 
 
 def vectorize_particles(fn: Callable, num_particles: int, dim: int) -> Callable:

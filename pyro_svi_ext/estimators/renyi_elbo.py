@@ -1,0 +1,161 @@
+"""RenyiELBO: Renyi alpha-divergence variational bound (IWAE at alpha = 0)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from pyro_svi_ext.estimators.base import ELBO, INF
+from pyro_svi_ext.kernels import is_identically_zero, renyi_weights, sum_dims
+from pyro_svi_ext.trace import Site, TracePair
+
+
+def dependent_plate_dims(sites: list[Site]) -> list[int]:
+    """Dims of the vectorized plates that not every site is inside (sorted)."""
+    stacks = [set(s.frames) for s in sites]
+    if not stacks:
+        return []
+    every = set().union(*stacks)
+    common = every.intersection(*stacks)
+    return sorted({f.dim for f in every - common if f.dim is not None})
+
+
+class RenyiELBO(ELBO):
+    """Renyi's alpha-divergence bound ``1/(1-alpha) log mean_i w_i^(1-alpha)``,
+    ``w_i = p(x, z_i) / q(z_i)`` over ``num_particles`` draws (``pyro.infer.RenyiELBO``'s
+    contract). ``alpha = 0`` is the importance-weighted (IWAE) bound; ``alpha < 1``
+    bounds the evidence more tightly than the ELBO.
+
+    Plates that every model site is inside stay separate (one bound per element, then
+    summed); the other plate dims are summed within each particle. Non-reparameterized
+    guide sites get the score-function term ``alpha/(1-alpha) * w_norm * log q``.
+
+    Errors: ``ValueError`` for ``alpha == 1`` (use :class:`Trace_ELBO`), and for a
+    model or guide that subsamples a plate (minibatches are not supported, as documented
+    by Pyro); ``NotImplementedError`` for a guide site with both pathwise and
+    score-function parts; plus those of :class:`~pyro_svi_ext.estimators.base.ELBO`.
+    """
+
+    estimator_name = "RenyiELBO"
+
+    def __init__(
+        self,
+        alpha: float = 0,
+        num_particles: int = 2,
+        max_plate_nesting: float = INF,
+        max_iarange_nesting: float | None = None,
+        vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+    ):
+        if alpha == 1:
+            raise ValueError("RenyiELBO needs alpha != 1; for alpha = 1 use Trace_ELBO, "
+                             "whose gradient estimator has lower variance")
+        if max_iarange_nesting is not None:
+            warnings.warn("max_iarange_nesting is deprecated; use max_plate_nesting",
+                          DeprecationWarning, stacklevel=2)
+            max_plate_nesting = max_iarange_nesting
+        self.alpha = alpha
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=vectorize_particles,
+                         strict_enumeration_warning=strict_enumeration_warning)
+
+    # --- per particle ---------------------------------------------------------------
+    def _check_full_data(self, pairs: list[TracePair]) -> None:
+        plates = sorted(set().union(*(p.subsampled_plates for p in pairs)))
+        if plates:
+            raise ValueError(
+                f"RenyiELBO does not support minibatch training, but plate(s) {plates} "
+                "subsample the data; run on the full data set or use Trace_ELBO")
+
+    def _particle_terms(self, pair: TracePair, with_surrogate: bool):
+        """``(elbo, surrogate)`` of one particle, kept per element of the common plates."""
+        dims = dependent_plate_dims(list(pair.model.values()))
+        elbo, surrogate = 0, 0
+        for site in pair.model.values():
+            term = sum_dims(site.log_prob, dims)
+            elbo = elbo + term.detach()
+            if with_surrogate:
+                surrogate = surrogate + term
+        coef = self.alpha / (1.0 - self.alpha)
+        for site in pair.guide.values():
+            term = sum_dims(site.log_prob, dims)
+            elbo = elbo - term.detach()
+            if not with_surrogate:
+                continue
+            has_path = not is_identically_zero(site.entropy_term)
+            has_score = not is_identically_zero(site.score_function)
+            if has_path and has_score:
+                raise NotImplementedError(
+                    f"guide site {site.name!r}: RenyiELBO cannot handle a distribution with "
+                    "both pathwise and score-function gradient parts")
+            if has_path:
+                surrogate = surrogate - term
+            if has_score:
+                surrogate = surrogate + coef * term
+        return elbo, surrogate
+
+    def _stacked(self, pairs: list[TracePair], with_surrogate: bool):
+        self._check_full_data(pairs)
+        terms = [self._particle_terms(p, with_surrogate) for p in pairs]
+        if all(is_identically_zero(e) for e, _ in terms):
+            return None, None
+        if self.vectorize_particles and self.num_particles > 1:
+            return terms[0]
+        elbos = torch.stack([torch.as_tensor(e) for e, _ in terms])
+        if not with_surrogate:
+            return elbos, None
+        ref = next(s for _, s in terms if torch.is_tensor(s))
+        surrogates = torch.stack([s if torch.is_tensor(s) else torch.zeros_like(ref)
+                                  for _, s in terms])
+        return elbos, surrogates
+
+    # --- public API -----------------------------------------------------------------
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Negative Renyi bound (float)."""
+        with torch.no_grad():
+            elbos, _ = self._stacked(self._pairs(model, guide, args, kwargs), False)
+            if elbos is None:
+                return 0.0
+            bound, _ = renyi_weights(elbos, self.alpha)
+            loss = -bound.sum().item()
+        if math.isnan(loss):
+            warnings.warn("RenyiELBO: encountered NaN loss", stacklevel=2)
+        return loss
+
+    def _bound_and_surrogate(self, model, guide, args, kwargs):
+        pairs = self._pairs(model, guide, args, kwargs)
+        elbos, surrogates = self._stacked(pairs, True)
+        if elbos is None:
+            return pairs, None, None
+        bound, weights = renyi_weights(elbos, self.alpha)
+        surrogate = None
+        if torch.is_tensor(surrogates):
+            weights = weights.to(surrogates.dtype)
+            surrogate = (weights * surrogates).sum() / self.num_particles
+        return pairs, bound.sum(), surrogate
+
+    def _loss_and_grads(self, model, guide, args, kwargs):
+        pairs, bound, surrogate = self._bound_and_surrogate(model, guide, args, kwargs)
+        if bound is None:
+            return 0.0, {}
+        loss = -bound.item()
+        self._check_finite(loss, pairs)
+        params = {}
+        for pair in pairs:
+            params.update(pair.params)
+        if params and surrogate is not None and surrogate.requires_grad:
+            (-surrogate).backward(retain_graph=self.retain_graph)
+        return loss, params
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        """Negative bound as a tensor whose gradient is the estimator's gradient."""
+        _, bound, surrogate = self._bound_and_surrogate(model, guide, args, kwargs)
+        if bound is None:
+            return torch.zeros(())
+        if surrogate is None:
+            return -bound
+        bound = bound.to(dtype=surrogate.dtype, device=surrogate.device)
+        return -(bound + (surrogate - surrogate.detach()))
