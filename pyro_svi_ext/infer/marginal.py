@@ -39,7 +39,11 @@ class EmpiricalMarginal(dist.Empirical):
     @staticmethod
     def _value(trace, sites):
         if isinstance(sites, str):
-            return torch.as_tensor(site_value(trace, sites))
+            value = site_value(trace, sites)
+            if value is None:
+                raise ValueError(f"site {sites!r} has no value (a model that returns "
+                                 "nothing has _RETURN None); name the sites to read")
+            return torch.as_tensor(value)
         values = [torch.as_tensor(site_value(trace, s)) for s in sites]
         shapes = {s: tuple(v.shape) for s, v in zip(sites, values, strict=True)}
         if len(set(shapes.values())) > 1:
