@@ -10,7 +10,14 @@ import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
 
 from pyro_svi_ext import registry
 from pyro_svi_ext.errors import NonFiniteLossError
-from pyro_svi_ext.estimators import ELBO, ELBOModule, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
+from pyro_svi_ext.estimators import (
+    ELBO,
+    ELBOModule,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceGraph_ELBO,
+)
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.infer import (
     SVI,
@@ -37,6 +44,7 @@ __all__ = [
     "Importance",
     "NonFiniteLossError",
     "RenyiELBO",
+    "TraceEnum_ELBO",
     "TraceGraph_ELBO",
     "TracePosterior",
     "TracePredictive",

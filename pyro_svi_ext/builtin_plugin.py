@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyro_svi_ext.estimators import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
+from pyro_svi_ext.estimators import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.registry import Capabilities, PluginRegistrar
 
@@ -23,4 +23,9 @@ def pyro_svi_ext_register_estimators(registry: PluginRegistrar) -> None:
         RenyiELBO,
         aliases=("renyi_elbo", "renyi", "iwae"),
         capabilities=Capabilities(reparam=True, nonreparam=True),
+    )
+    registry.add(
+        TraceEnum_ELBO,
+        aliases=("traceenum_elbo", "trace_enum_elbo"),
+        capabilities=Capabilities(reparam=True, nonreparam=True, enumeration=True),
     )

@@ -20,6 +20,16 @@ def _is_subsample(msg: dict) -> bool:
     return type(msg["fn"]).__name__ == "_Subsample"
 
 
+class SequentialBranch(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised at a sequentially enumerated site that has no value assigned yet; carries
+    the values to branch over."""
+
+    def __init__(self, name: str, values: list):
+        super().__init__(name)
+        self.name = name
+        self.values = values
+
+
 class SiteRecorder(Messenger):
     """Records sample sites (``sites``) and the unconstrained params used (``params``).
 
@@ -34,8 +44,10 @@ class SiteRecorder(Messenger):
     """
 
     def __init__(self, replay: Mapping[str, Site] | None = None, params_only: bool = False,
-                 track_nonreparam: bool = False):
+                 track_nonreparam: bool = False, sequential: Mapping | None = None):
         super().__init__()
+        # values chosen for sites marked infer={"enumerate": "sequential"} (guide runs)
+        self.sequential = sequential
         self.replay = replay
         self.params_only = params_only
         self.track_nonreparam = track_nonreparam
@@ -48,6 +60,8 @@ class SiteRecorder(Messenger):
         self.replay_subsamples: Mapping[str, torch.Tensor] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
+        if self.sequential is not None and not msg["is_observed"] and not msg["done"]:
+            self._assign_sequential(msg)
         if self.replay is None or msg["is_observed"]:
             return
         if _is_subsample(msg):
@@ -67,6 +81,19 @@ class SiteRecorder(Messenger):
         msg["value"] = guide_site.value
         msg["done"] = True
         msg["infer"] = guide_site.infer
+
+    def _assign_sequential(self, msg: dict) -> None:
+        infer = msg["infer"] or {}
+        if infer.get("enumerate") != "sequential":
+            return
+        name = msg["name"]
+        if name not in self.sequential:
+            support = msg["fn"].enumerate_support(expand=infer.get("expand", False))
+            raise SequentialBranch(name, list(support))
+        value, total = self.sequential[name]
+        msg["value"] = value
+        msg["done"] = True
+        msg["infer"] = {**infer, "_enum_total": total}
 
     def _pyro_post_sample(self, msg: dict) -> None:
         if self.params_only:
@@ -94,14 +121,14 @@ class SiteRecorder(Messenger):
 
 
 def run_recorded(fn, args: tuple, kwargs: dict, against: SiteRecorder | None = None,
-                 track_nonreparam: bool = False):
+                 track_nonreparam: bool = False, sequential: Mapping | None = None):
     """Run ``fn(*args, **kwargs)`` under a :class:`SiteRecorder`, replaying the latent
     values and subsample indices that ``against`` (a guide run) recorded.
 
     Returns ``(recorder, result)``.
     """
     recorder = SiteRecorder(replay=None if against is None else against.sites,
-                            track_nonreparam=track_nonreparam)
+                            track_nonreparam=track_nonreparam, sequential=sequential)
     if against is not None:
         recorder.replay_subsamples = against.subsamples
     with recorder:

@@ -35,6 +35,10 @@ class Site:
     kwargs: dict = field(default_factory=dict)
     log_prob: Any = None
     log_prob_sum: Any = None
+    #: log-prob masked but not scaled (what enumeration contracts before scaling)
+    masked_log_prob: Any = None
+    #: log-prob neither masked nor scaled
+    unscaled: Any = None
     score_function: Any = 0
     entropy_term: Any = 0
 
@@ -84,9 +88,10 @@ def compute_log_probs(sites: dict[str, Site], role: str = "model") -> None:
             log_p = site.fn.log_prob(site.value, *site.args, **site.kwargs)
         except (ValueError, RuntimeError) as err:
             _raise_for_site(site, role, err)
-        log_p = scale_and_mask(log_p, site.scale, site.mask)
-        site.log_prob = log_p
-        site.log_prob_sum = log_p.sum()
+        site.masked_log_prob = scale_and_mask(log_p, 1.0, site.mask)
+        site.log_prob = scale_and_mask(site.masked_log_prob, site.scale)
+        site.log_prob_sum = site.log_prob.sum()
+        site.unscaled = log_p
 
 
 def compute_score_parts(sites: dict[str, Site], role: str = "guide") -> None:

@@ -1,0 +1,280 @@
+"""TraceEnum_ELBO: exact enumeration of discrete sites (parallel or sequential) with a
+DiCE estimator for the sampled ones, contracting model-enumerated variables with the
+package's own sum-product kernel."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import is_validation_enabled
+
+from pyro_svi_ext.estimators.base import ELBO
+from pyro_svi_ext.kernels import is_identically_zero
+from pyro_svi_ext.kernels.sumproduct import (
+    Factor,
+    align,
+    combine,
+    contract_tree,
+    logsumexp_out,
+)
+from pyro_svi_ext.trace import TracePair
+from pyro_svi_ext.trace.enum import (
+    enum_label,
+    enum_pairs,
+    guess_enum_plate_nesting,
+    ordinal,
+    packed,
+)
+
+
+@dataclass
+class ModelFactors:
+    """The model side of one particle, split for contraction.
+
+    ``costs``: ``{ordinal: [Factor]}`` scaled log-probs free of model enumeration;
+    ``log_factors``: ``{ordinal: [Factor]}`` unscaled log-probs touching enumerated
+    variables; ``sum_labels``: those variables' labels; ``scale``: their common scale.
+    """
+
+    costs: dict
+    log_factors: dict
+    sum_labels: set
+    scale: float | torch.Tensor
+
+
+def _common_scale(scales: list, names: list[str]):
+    values = set()
+    for scale in scales:
+        if torch.is_tensor(scale) and scale.dim():
+            raise ValueError(f"sites {names}: enumeration supports only scalar poutine.scale")
+        values.add(float(scale))
+    if len(values) > 1:
+        raise ValueError(f"sites {names} touch enumerated variables but have different "
+                         f"scales {sorted(values)}; enumeration needs one common scale")
+    return scales[0] if scales else 1.0
+
+
+def check_plate_restriction(pair: TracePair) -> None:
+    """``ValueError`` naming both sites when a site outside a plate depends on a variable
+    enumerated inside it (the restriction TraceEnum_ELBO's doc states)."""
+    owners = {}
+    for sites in (pair.guide, pair.model):
+        for site in sites.values():
+            label = enum_label(site)
+            if label is not None:
+                owners.setdefault(label, site)
+    for sites in (pair.model, pair.guide):
+        for site in sites.values():
+            for label in packed(site, site.log_prob).dims:
+                owner = owners.get(label)
+                if owner is not None and not ordinal(owner) <= ordinal(site):
+                    outside = sorted(n for _, n in ordinal(owner) - ordinal(site))
+                    raise ValueError(
+                        f"site {site.name!r} is outside plate(s) {outside} but depends on "
+                        f"{owner.name!r}, enumerated inside them; TraceEnum_ELBO requires "
+                        "that variables outside a plate do not depend on variables inside it")
+
+
+def model_factors(pair: TracePair) -> ModelFactors:
+    guide_labels = set()
+    for site in pair.guide.values():
+        guide_labels.update(packed(site, site.log_prob).dims)
+    cost_sites, enum_sites, sum_labels = [], [], set()
+    for name, site in pair.model.items():
+        if name in pair.guide or site.infer.get("_enumerate_dim") is None:
+            cost_sites.append(site)
+        else:
+            enum_sites.append(site)
+            sum_labels.update(packed(site, site.unscaled).dims)
+    sum_labels = {d for d in sum_labels if d[0] == "enum"} - guide_labels
+    costs: dict = {}
+    log_factors: dict = {}
+    scales, scaled_names = [], []
+    for site in cost_sites:
+        factor = packed(site, site.log_prob)
+        if sum_labels.isdisjoint(factor.dims):
+            costs.setdefault(ordinal(site), []).append(factor)
+        else:
+            log_factors.setdefault(ordinal(site), []).append(packed(site,
+                                                                    site.masked_log_prob))
+            scales.append(site.scale)
+            scaled_names.append(site.name)
+    for site in enum_sites:
+        log_factors.setdefault(ordinal(site), []).append(packed(site, site.unscaled))
+        scales.append(site.scale)
+        scaled_names.append(site.name)
+    return ModelFactors(costs, log_factors, sum_labels, _common_scale(scales, scaled_names))
+
+
+def _dice_factors(pair: TracePair):
+    """Per ordinal: the guide's DiCE log-factors and log denominators."""
+    log_probs: dict = {}
+    log_denoms: dict = {}
+    for site in pair.guide.values():
+        t = ordinal(site)
+        score = site.score_function
+        num_samples = site.infer.get("num_samples") if site.infer.get("enumerate") else None
+        if site.infer.get("enumerate") and num_samples is not None:
+            if not is_identically_zero(score):
+                score = score - score.detach()
+            score = score - math.log(num_samples)
+            if not torch.is_tensor(score):
+                score = torch.tensor(float(score), device=site.value.device)
+            score = score.expand(torch.broadcast_shapes(score.shape, site.log_prob.shape))
+        elif site.infer.get("enumerate") == "sequential":
+            log_denoms[t] = log_denoms.get(t, 0.0) + math.log(site.infer["_enum_total"])
+        elif not site.infer.get("enumerate") and not is_identically_zero(score):
+            score = score - score.detach()
+        if not is_identically_zero(score):
+            log_probs.setdefault(t, []).append(packed(site, score))
+    return log_probs, log_denoms
+
+
+def _expected_cost(costs: dict, log_probs: dict, log_denoms: dict):
+    """DiCE expectation: each cost weighted by the guide probability of its dims
+    (enumerated sites) or a unit-valued score factor (sampled sites)."""
+    total = 0.0
+    for t, cost_factors in costs.items():
+        denom = sum(v for o, v in log_denoms.items() if not o <= t)
+        scale = math.exp(-denom)
+        upstream = [f for o, fs in log_probs.items() if o <= t for f in fs]
+        joint = combine(upstream) if upstream else None
+        probs: dict = {}
+        for cost in cost_factors:
+            key = frozenset(cost.dims)
+            if joint is None:
+                total = total + scale * cost.tensor.sum()
+                continue
+            if key not in probs:
+                prob = logsumexp_out(joint, [d for d in joint.dims if d not in key])
+                probs[key] = prob
+            prob = probs[key]
+            dims = tuple(dict.fromkeys(cost.dims + prob.dims))
+            p = align(Factor(prob.tensor.exp(), prob.dims), dims)
+            c = align(cost, dims)
+            p, c = torch.broadcast_tensors(p, c)
+            c = torch.where(p > 0, c, torch.zeros((), dtype=c.dtype, device=c.device))
+            total = total + scale * (p * c).sum()
+    return total
+
+
+class TraceEnum_ELBO(ELBO):
+    """ELBO with exhaustive enumeration of discrete sites (``pyro.infer.TraceEnum_ELBO``'s
+    contract).
+
+    Guide sites marked ``infer={"enumerate": "parallel"}`` or ``"sequential"`` (or via
+    ``pyro.infer.config_enumerate``) are summed exactly under the guide; model sites
+    marked ``"parallel"`` and absent from the guide are summed out of the model by
+    tensor variable elimination over plates (``pyro.markov`` chains keep memory linear
+    in their length); every other site is sampled, with DiCE score factors for the
+    non-reparameterized ones. ``infer={"num_samples": n}`` on a parallel site samples
+    ``n`` values instead of enumerating.
+
+    ``max_plate_nesting`` is guessed (one extra run of guide and model) when left at
+    ``inf``. Errors: ``ValueError`` when it cannot be guessed, when a site outside a
+    plate depends on a variable enumerated inside it (both named), when sites touching
+    model-enumerated variables have different ``poutine.scale``; ``NotImplementedError``
+    for plates linked without nesting; :meth:`differentiable_loss` raises ``ValueError``
+    when the ELBO cannot be differentiated (e.g. identically zero). Warns (under
+    validation, ``strict_enumeration_warning``) when nothing is enumerated.
+    """
+
+    estimator_name = "TraceEnum_ELBO"
+
+    # --- particles ------------------------------------------------------------------
+    def _ensure_plate_nesting(self, model, guide, args, kwargs) -> None:
+        if self.max_plate_nesting != float("inf"):
+            return
+        try:
+            guessed = guess_enum_plate_nesting(model, guide, args, kwargs)
+        except Exception as err:
+            raise ValueError(
+                "TraceEnum_ELBO needs max_plate_nesting (the number of nested pyro.plate "
+                "dims) and could not guess it by running model and guide once: "
+                f"{type(err).__name__}: {err}") from err
+        self.max_plate_nesting = guessed
+        if self.vectorize_particles and self.num_particles > 1:
+            self.max_plate_nesting += 1
+
+    def _pairs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        if isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
+            raise NotImplementedError("TraceEnum_ELBO does not support GuideMessenger guides")
+        self._ensure_plate_nesting(model, guide, args, kwargs)
+        pairs = list(enum_pairs(model, guide, args, kwargs, int(self.max_plate_nesting),
+                                self.num_particles, self.vectorize_particles))
+        if is_validation_enabled():
+            for pair in pairs:
+                check_plate_restriction(pair)
+            self._warn_if_nothing_enumerated(pairs[0])
+        return pairs
+
+    def _warn_if_nothing_enumerated(self, pair: TracePair) -> None:
+        if not self.strict_enumeration_warning:
+            return
+        if any(s.infer.get("enumerate") for sites in (pair.model, pair.guide)
+               for s in sites.values()):
+            return
+        warnings.warn("TraceEnum_ELBO found no sample sites configured for enumeration; "
+                      'mark sites infer={"enumerate": "parallel"} (or use '
+                      "config_enumerate), or use Trace_ELBO", stacklevel=4)
+
+    def _particle_dice(self, pair: TracePair):
+        factors = model_factors(pair)
+        costs = factors.costs
+        if factors.log_factors:
+            contracted = contract_tree(factors.log_factors, factors.sum_labels)
+            for t, fs in contracted.items():
+                for f in fs:
+                    scaled = f if is_identically_zero(factors.scale - 1) else \
+                        Factor(f.tensor * factors.scale, f.dims)
+                    costs.setdefault(t, []).append(scaled)
+        for site in pair.guide.values():
+            costs.setdefault(ordinal(site), []).append(
+                Factor(-packed(site, site.log_prob).tensor, packed(site, site.log_prob).dims))
+        log_probs, log_denoms = _dice_factors(pair)
+        return _expected_cost(costs, log_probs, log_denoms)
+
+    def _dice_total(self, pairs: list[TracePair]):
+        total = 0.0
+        for pair in pairs:
+            elbo = self._particle_dice(pair)
+            if not is_identically_zero(elbo):
+                total = total + elbo
+        return total / self.num_particles if not is_identically_zero(total) else total
+
+    # --- public API -----------------------------------------------------------------
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Negative ELBO (float) with enumerated sites summed exactly."""
+        with torch.no_grad():
+            elbo = self._dice_total(self._pairs(model, guide, args, kwargs))
+            loss = -float(elbo)
+        if math.isnan(loss):
+            warnings.warn("TraceEnum_ELBO: encountered NaN loss", stacklevel=2)
+        return loss
+
+    def _loss_and_grads(self, model, guide, args, kwargs):
+        pairs = self._pairs(model, guide, args, kwargs)
+        elbo = self._dice_total(pairs)
+        if is_identically_zero(elbo):
+            return 0.0, {}
+        loss = -elbo.item()
+        self._check_finite(loss, pairs)
+        params = {}
+        for pair in pairs:
+            params.update(pair.params)
+        if params and elbo.requires_grad:
+            (-elbo).backward(retain_graph=self.retain_graph)
+        return loss, params
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        """Negative ELBO as a tensor; ``ValueError`` if it cannot be differentiated."""
+        elbo = self._dice_total(self._pairs(model, guide, args, kwargs))
+        if not torch.is_tensor(elbo) or not elbo.requires_grad:
+            raise ValueError(f"the ELBO cannot be differentiated: {elbo!r} (no parameter "
+                             "reaches it)")
+        return -elbo

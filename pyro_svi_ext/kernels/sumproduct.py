@@ -1,0 +1,208 @@
+"""Log-space sum-product contraction of labeled factors over plates (tensor variable
+elimination, Obermeyer et al. 2019).
+
+A :class:`Factor` is a tensor whose dims carry labels: enumeration dims (summed out,
+log-sum-exp) and plate dims (product-reduced, i.e. summed in log space). Factors live in
+*ordinals*: frozensets of plate labels. Contraction eliminates enumeration dims leaf
+ordinal first, so that memory stays linear in the length of a chain (e.g. an HMM),
+using a greedy elimination order chosen from shapes only: no host sync, no branching on
+tensor values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+Label = Hashable
+
+
+@dataclass(frozen=True, eq=False)
+class Factor:
+    """``tensor`` with one label per dim (``len(dims) == tensor.dim()``)."""
+
+    tensor: torch.Tensor
+    dims: tuple
+
+    def size(self, label: Label) -> int:
+        return self.tensor.shape[self.dims.index(label)]
+
+
+def pack(tensor: torch.Tensor, labels: dict[int, Label]) -> Factor:
+    """Label a right-aligned tensor by position: ``labels`` maps negative dims to labels.
+
+    Size-1 dims are dropped. ``ValueError`` if a dim of size > 1 has no label.
+    """
+    dims, keep = [], []
+    for pos in range(-tensor.dim(), 0):
+        if tensor.shape[pos] == 1:
+            continue
+        if pos not in labels:
+            raise ValueError(f"dim {pos} of size {tensor.shape[pos]} belongs to no plate "
+                             "and no enumerated variable")
+        dims.append(labels[pos])
+        keep.append(pos + tensor.dim())
+    squeezed = tensor.reshape([tensor.shape[i] for i in keep]) if len(keep) < tensor.dim() \
+        else tensor
+    return Factor(squeezed, tuple(dims))
+
+
+def align(factor: Factor, dims: tuple) -> torch.Tensor:
+    """``factor.tensor`` permuted and reshaped to broadcast against the label order
+    ``dims`` (a superset of ``factor.dims``)."""
+    order = [factor.dims.index(d) for d in dims if d in factor.dims]
+    tensor = factor.tensor
+    if order != list(range(len(order))):
+        tensor = tensor.permute(order)
+    shape = [factor.size(d) if d in factor.dims else 1 for d in dims]
+    return tensor.reshape(shape)
+
+
+def union_dims(factors: Iterable[Factor]) -> tuple:
+    seen: dict = {}
+    for f in factors:
+        for d in f.dims:
+            seen.setdefault(d, None)
+    return tuple(seen)
+
+
+def combine(factors: list[Factor]) -> Factor:
+    """Log-space product (broadcast sum) of factors over the union of their dims."""
+    if len(factors) == 1:
+        return factors[0]
+    dims = union_dims(factors)
+    total = align(factors[0], dims)
+    for f in factors[1:]:
+        total = total + align(f, dims)
+    sizes = {}
+    for f in factors:
+        sizes.update(zip(f.dims, f.tensor.shape, strict=True))
+    return Factor(total.expand([sizes[d] for d in dims]), dims)
+
+
+def logsumexp_out(factor: Factor, labels: Iterable[Label]) -> Factor:
+    """Sum (in probability space) over ``labels`` present in the factor."""
+    idx = [factor.dims.index(d) for d in labels if d in factor.dims]
+    if not idx:
+        return factor
+    return Factor(torch.logsumexp(factor.tensor, dim=idx),
+                  tuple(d for i, d in enumerate(factor.dims) if i not in idx))
+
+
+def product_out(factor: Factor, labels: Iterable[Label]) -> Factor:
+    """Product (in probability space; a sum of logs) over plate ``labels`` present."""
+    idx = [factor.dims.index(d) for d in labels if d in factor.dims]
+    if not idx:
+        return factor
+    return Factor(factor.tensor.sum(dim=idx),
+                  tuple(d for i, d in enumerate(factor.dims) if i not in idx))
+
+
+def _elimination_cost(factors: list[Factor], label: Label) -> int:
+    sizes = {}
+    for f in factors:
+        if label in f.dims:
+            sizes.update(zip(f.dims, f.tensor.shape, strict=True))
+    return math.prod(s for d, s in sizes.items() if d != label)
+
+
+def sumproduct(factors: list[Factor], sum_labels: Iterable[Label]) -> Factor:
+    """Product of ``factors`` with ``sum_labels`` summed out, eliminating one label at a
+    time, cheapest intermediate first (the contraction-order planner)."""
+    factors = list(factors)
+    pending = {d for d in sum_labels if any(d in f.dims for f in factors)}
+    while pending:
+        label = min(sorted(pending, key=repr), key=lambda d: _elimination_cost(factors, d))
+        pending.discard(label)
+        involved = [f for f in factors if label in f.dims]
+        factors = [f for f in factors if label not in f.dims]
+        factors.append(logsumexp_out(combine(involved), [label]))
+    if not factors:
+        return Factor(torch.zeros(()), ())
+    return combine(factors)
+
+
+def partition(factors: list[Factor], sum_labels: set) -> list[tuple[list[Factor], set]]:
+    """Split factors into groups connected through shared ``sum_labels``."""
+    groups: list[tuple[list[Factor], set]] = []
+    for f in factors:
+        labels = sum_labels.intersection(f.dims)
+        joined = [g for g in groups if g[1] & labels]
+        members, dims = [f], set(labels)
+        for g in joined:
+            members = g[0] + members
+            dims |= g[1]
+            groups.remove(g)
+        groups.append((members, dims))
+    return groups
+
+
+class PlateStructureError(NotImplementedError):
+    """Enumerated variables connect plates that are not nested (no tree structure)."""
+
+
+def contract_component(tree: dict[frozenset, list[Factor]], sum_labels: set):
+    """Contract one connected component; returns ``(ordinal, factor)`` at the
+    component's smallest ordinal. ``tree`` maps ordinals (frozensets of plate labels)
+    to factors and is consumed."""
+    tree = {t: list(fs) for t, fs in tree.items()}
+    home: dict[Label, frozenset] = {}
+    for t, fs in tree.items():
+        for f in fs:
+            for d in sum_labels.intersection(f.dims):
+                home[d] = home.get(d, t) & t
+    dims_at: dict[frozenset, set] = {}
+    for d, t in home.items():
+        dims_at.setdefault(t, set()).add(d)
+    root = frozenset.intersection(*tree)
+    while any(dims_at.values()):
+        leaf = max(tree, key=len)
+        leaf_factors = tree.pop(leaf)
+        leaf_dims = dims_at.pop(leaf, set())
+        for members, dims in partition(leaf_factors, leaf_dims):
+            factor = sumproduct(members, dims)
+            if leaf == root:
+                parent = leaf
+            else:
+                pending = sum_labels.intersection(factor.dims)
+                parents = [t for t, ds in dims_at.items() if ds & pending]
+                parent = frozenset().union(*parents) if parents else root
+                if parent == leaf:
+                    raise PlateStructureError(
+                        "enumerated variables link plates that are not nested: "
+                        f"{sorted(map(str, leaf))}; make one of them a sequential plate")
+                factor = product_out(factor, leaf - parent)
+            tree.setdefault(parent, []).append(factor)
+    factors = [product_out(f, t - root) for t, fs in tree.items() for f in fs]
+    return root, combine(factors) if len(factors) > 1 else factors[0]
+
+
+def contract_tree(tree: dict[frozenset, list[Factor]], sum_labels: set):
+    """Sum ``sum_labels`` out of a plated factor graph, keeping plates where possible.
+
+    Returns ``{ordinal: [factor, ...]}``: one factor per connected component, at the
+    smallest ordinal of that component (its remaining plate dims not yet reduced).
+    """
+    home = {id(f): t for t, fs in tree.items() for f in fs}
+    everything = [f for fs in tree.values() for f in fs]
+    result: dict[frozenset, list[Factor]] = {}
+    for members, dims in partition(everything, set(sum_labels)):
+        component: dict[frozenset, list[Factor]] = {}
+        for f in members:
+            component.setdefault(home[id(f)], []).append(f)
+        ordinal, factor = contract_component(component, dims)
+        result.setdefault(ordinal, []).append(factor)
+    return result
+
+
+def log_partition(tree: dict[frozenset, list[Factor]], sum_labels: set) -> torch.Tensor:
+    """``log`` of the total mass of the factor graph: every dim reduced (a scalar)."""
+    total = None
+    for factors in contract_tree(tree, sum_labels).values():
+        for f in factors:
+            value = f.tensor.sum()
+            total = value if total is None else total + value
+    return torch.zeros(()) if total is None else total

@@ -1,0 +1,118 @@
+"""Enumeration in the trace layer: run guide and model under pyro's ``EnumMessenger``,
+branch over sequentially enumerated guide sites, and label log-prob dims.
+
+Labels: ``("plate", name)`` for a vectorized plate's dim, ``("enum", id)`` for an
+enumerated variable's dim (the unique id pyro's enumeration gives each variable, so a
+dim recycled by ``pyro.markov`` still names the right variable).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import pyro.poutine as poutine
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.util import is_validation_enabled
+
+from pyro_svi_ext.kernels.sumproduct import Factor, pack
+from pyro_svi_ext.trace.checks import check_pairing, check_site_shape
+from pyro_svi_ext.trace.recorder import SequentialBranch, run_recorded
+from pyro_svi_ext.trace.run import TracePair, vectorize_particles
+from pyro_svi_ext.trace.sites import Site, compute_log_probs, compute_score_parts
+
+
+def plate_label(name: str) -> tuple:
+    return ("plate", name)
+
+
+def ordinal(site: Site) -> frozenset:
+    """The plate labels of the site's vectorized plates."""
+    return frozenset(plate_label(f.name) for f in site.frames if f.dim is not None)
+
+
+def dim_labels(site: Site) -> dict[int, tuple]:
+    """Negative dim -> label for the site's batch dims."""
+    labels = {f.dim: plate_label(f.name) for f in site.frames if f.dim is not None}
+    for dim, uid in site.infer.get("_dim_to_id", {}).items():
+        labels.setdefault(dim, ("enum", uid))
+    return labels
+
+
+def enum_label(site: Site) -> tuple | None:
+    """The label of the site's own enumerated dim, or None if it is not enumerated."""
+    dim = site.infer.get("_enumerate_dim")
+    if dim is None:
+        return None
+    return ("enum", site.infer["_dim_to_id"][dim])
+
+
+def packed(site: Site, tensor) -> Factor:
+    """``tensor`` (batch-shaped like the site's log-prob) as a labeled factor.
+
+    ``ValueError`` naming the site when a dim belongs to no plate and no enumeration.
+    """
+    try:
+        return pack(tensor, dim_labels(site))
+    except ValueError as err:
+        raise ValueError(f"site {site.name!r}: {err}; put it in a plate or give "
+                         "max_plate_nesting room for enumeration") from err
+
+
+def is_enumerated(site: Site) -> bool:
+    return site.infer.get("_enumerate_dim") is not None or "_enum_total" in site.infer
+
+
+def _run_branch(model, guide, args, kwargs, max_plate_nesting, assignment) -> TracePair:
+    guide = EnumMessenger(first_available_dim=-1 - max_plate_nesting)(guide)
+    model = EnumMessenger()(model)
+    guide_run, _ = run_recorded(guide, args, kwargs, sequential=assignment)
+    model_run, ret = run_recorded(model, args, kwargs, against=guide_run)
+    validate = is_validation_enabled()
+    if validate:
+        check_pairing(model_run.sites, guide_run.sites, enumerated_ok=True)
+    compute_log_probs(model_run.sites, "model")
+    compute_score_parts(guide_run.sites, "guide")
+    if validate:
+        for role, sites in (("model", model_run.sites), ("guide", guide_run.sites)):
+            for site in sites.values():
+                check_site_shape(site, role, max_plate_nesting)
+    params = guide_run.params
+    params.update(model_run.params)
+    return TracePair(model_run.sites, guide_run.sites, params, ret,
+                     frozenset(model_run.subsampled_plates | guide_run.subsampled_plates))
+
+
+def enum_pairs(model: Callable, guide: Callable, args: tuple, kwargs: dict,
+               max_plate_nesting: int, num_particles: int = 1,
+               vectorize: bool = False) -> Iterator[TracePair]:
+    """One :class:`TracePair` per particle and per branch of the sequentially enumerated
+    guide sites (branches are explored last-value-first, as pyro's queue does)."""
+    if vectorize and num_particles > 1:
+        model = vectorize_particles(model, num_particles, -max_plate_nesting)
+        guide = vectorize_particles(guide, num_particles, -max_plate_nesting)
+    for _ in range(1 if vectorize else num_particles):
+        stack: list[dict] = [{}]
+        while stack:
+            assignment = stack.pop()
+            try:
+                yield _run_branch(model, guide, args, kwargs, max_plate_nesting, assignment)
+            except SequentialBranch as branch:
+                total = len(branch.values)
+                stack.extend({**assignment, branch.name: (value, total)}
+                             for value in branch.values)
+
+
+def guess_enum_plate_nesting(model: Callable, guide: Callable, args: tuple,
+                             kwargs: dict) -> int:
+    """Deepest plate dim used by model and guide, run once without enumeration."""
+    with poutine.block():
+        guide_run, _ = run_recorded(guide, args, kwargs)
+        model_run, _ = run_recorded(model, args, kwargs, against=guide_run)
+    dims = [-f.dim for run in (guide_run, model_run) for s in run.sites.values()
+            for f in s.frames if f.dim is not None]
+    return max(dims, default=0)
+
+
+def log_num_samples(site: Site) -> float:
+    return math.log(site.infer["num_samples"])
