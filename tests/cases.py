@@ -471,3 +471,210 @@ GRAPH_CASES = [
          {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 2}),
     Case("graph_particles", nonreparam_chain, {"num_particles": 5}),
 ]
+
+
+# --- shapes with enumeration (TraceEnum_ELBO) -------------------------------------------
+
+
+def _gmm_data(n=6, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(n // 2, generator=g) - 2, torch.randn(n - n // 2,
+                                                                         generator=g) + 2])
+
+
+def gmm_model_enum(k=3, n=6):
+    data = _gmm_data(n)
+
+    def model(data):
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
+        locs = pyro.sample("locs", dist.Normal(torch.zeros(k), 3.0).to_event(1))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+
+    def guide(data):
+        conc = pyro.param("conc", torch.ones(k) * 2, constraint=constraints.positive)
+        loc = pyro.param("locs_loc", torch.linspace(-1.0, 1.0, k))
+        pyro.sample("weights", dist.Dirichlet(conc))
+        pyro.sample("locs", dist.Normal(loc, 0.5).to_event(1))
+
+    return model, guide, (data,)
+
+
+def gmm_guide_enum(k=3, n=6, mode="parallel"):
+    data = _gmm_data(n)
+
+    def model(data):
+        locs = pyro.sample("locs", dist.Normal(torch.zeros(k), 3.0).to_event(1))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(torch.ones(k) / k))
+            pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+
+    def guide(data):
+        loc = pyro.param("locs_loc", torch.linspace(-1.0, 1.0, k))
+        probs = pyro.param("assign", torch.ones(len(data), k) / k, constraint=constraints.simplex)
+        pyro.sample("locs", dist.Normal(loc, 0.5).to_event(1))
+        with pyro.plate("data", len(data)):
+            pyro.sample("z", dist.Categorical(probs), infer={"enumerate": mode})
+
+    return model, guide, (data,)
+
+
+def sequential_guide_enum():
+    x = torch.tensor([0.3, 1.7])
+
+    def model(x):
+        a = pyro.sample("a", dist.Bernoulli(0.3))
+        b = pyro.sample("b", dist.Categorical(torch.tensor([0.2, 0.5, 0.3])))
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 2):
+            pyro.sample("x", dist.Normal(a + b.float() + mu, 1.0), obs=x)
+
+    def guide(x):
+        pa = pyro.param("pa", torch.tensor(0.5), constraint=constraints.unit_interval)
+        pb = pyro.param("pb", torch.ones(3) / 3, constraint=constraints.simplex)
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("a", dist.Bernoulli(pa), infer={"enumerate": "sequential"})
+        pyro.sample("b", dist.Categorical(pb), infer={"enumerate": "sequential"})
+        pyro.sample("mu", dist.Normal(loc, scale))
+
+    return model, guide, (x,)
+
+
+def nested_enum_two_levels():
+    x = _data(2, 3)
+
+    def model(x):
+        p = pyro.sample("p", dist.Beta(2.0, 2.0))
+        with pyro.plate("groups", 2, dim=-2):
+            g = pyro.sample("g", dist.Bernoulli(p), infer={"enumerate": "parallel"})
+            with pyro.plate("items", 3, dim=-1):
+                k = pyro.sample("k", dist.Categorical(torch.tensor([[0.7, 0.3], [0.2, 0.8]])[
+                    g.long()]), infer={"enumerate": "parallel"})
+                pyro.sample("x", dist.Normal(k.float() - g, 1.0), obs=x)
+
+    def guide(x):
+        a = pyro.param("a", torch.tensor(2.0), constraint=constraints.positive)
+        pyro.sample("p", dist.Beta(a, 2.0))
+
+    return model, guide, (x,)
+
+
+def hmm(T=50, K=3, history=1):
+    g = torch.Generator().manual_seed(11)
+    data = torch.randn(T, generator=g) + torch.arange(T).remainder(3).float()
+
+    def model(data):
+        trans = pyro.param("trans", torch.ones(K, K) / K + 0.3 * torch.eye(K),
+                           constraint=constraints.simplex)
+        locs = pyro.sample("locs", dist.Normal(torch.arange(K).float(), 1.0).to_event(1))
+        x = 0
+        for t in pyro.markov(range(len(data)), history=history):
+            x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]),
+                            infer={"enumerate": "parallel"})
+            pyro.sample(f"y_{t}", dist.Normal(locs[x], 1.0), obs=data[t])
+
+    def guide(data):
+        loc = pyro.param("locs_loc", torch.zeros(K))
+        pyro.sample("locs", dist.Normal(loc, 0.3).to_event(1))
+
+    return model, guide, (data,)
+
+
+def factorial_hmm(T=10, K=2):
+    g = torch.Generator().manual_seed(12)
+    data = torch.randn(T, generator=g)
+
+    def model(data):
+        ta = pyro.param("ta", torch.tensor([[0.8, 0.2], [0.3, 0.7]]),
+                        constraint=constraints.simplex)
+        tb = pyro.param("tb", torch.tensor([[0.6, 0.4], [0.1, 0.9]]),
+                        constraint=constraints.simplex)
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 0.5))
+        a = b = 0
+        for t in pyro.markov(range(T)):
+            a = pyro.sample(f"a_{t}", dist.Categorical(ta[a]), infer={"enumerate": "parallel"})
+            b = pyro.sample(f"b_{t}", dist.Categorical(tb[b]), infer={"enumerate": "parallel"})
+            pyro.sample(f"y_{t}", dist.Normal(a.float() - b.float(), scale), obs=data[t])
+
+    def guide(data):
+        loc, s = _loc_scale("scale", ())
+        pyro.sample("scale", dist.LogNormal(loc, s))
+
+    return model, guide, (data,)
+
+
+def subsampled_enum():
+    data = _gmm_data(40)
+
+    def model(data):
+        locs = pyro.sample("locs", dist.Normal(torch.zeros(2), 3.0).to_event(1))
+        with pyro.plate("data", 40, subsample_size=8) as ind:
+            z = pyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[z.long()], 1.0), obs=data[ind])
+
+    def guide(data):
+        loc = pyro.param("locs_loc", torch.tensor([-1.0, 1.0]))
+        pyro.sample("locs", dist.Normal(loc, 0.5).to_event(1))
+        with pyro.plate("data", 40, subsample_size=8):
+            pass
+
+    return model, guide, (data,)
+
+
+def enum_mixed_reparam():
+    x = _data(4)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        s = pyro.sample("s", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+        with pyro.plate("data", 4):
+            z = pyro.sample("z", dist.Normal(mu + s, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        loc, scale = _loc_scale("mu", ())
+        zl, zs = _loc_scale("z", (4,))
+        pyro.sample("mu", dist.Normal(loc, scale))
+        with pyro.plate("data", 4):
+            pyro.sample("z", dist.Normal(zl, zs))
+
+    return model, guide, (x,)
+
+
+def guide_enum_with_model_enum():
+    x = _data(3)
+
+    def model(x):
+        c = pyro.sample("c", dist.Bernoulli(0.4))
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Bernoulli(0.2 + 0.6 * c), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(z + c, 1.0), obs=x)
+
+    def guide(x):
+        pc = pyro.param("pc", torch.tensor(0.5), constraint=constraints.unit_interval)
+        pyro.sample("c", dist.Bernoulli(pc), infer={"enumerate": "parallel"})
+
+    return model, guide, (x,)
+
+
+ENUM_CASES = [
+    Case("gmm_model_enum", gmm_model_enum, {"max_plate_nesting": 1}),
+    Case("gmm_guide_enum_parallel", gmm_guide_enum, {"max_plate_nesting": 1}),
+    Case("gmm_guide_enum_sequential", lambda: gmm_guide_enum(n=2, mode="sequential"),
+         {"max_plate_nesting": 1}),
+    Case("sequential_guide_enum", sequential_guide_enum, {"max_plate_nesting": 1}),
+    Case("nested_enum_two_levels", nested_enum_two_levels, {"max_plate_nesting": 2}),
+    Case("hmm_markov_T50", hmm, {"max_plate_nesting": 0}),
+    Case("hmm_history2", lambda: hmm(T=12, history=2), {"max_plate_nesting": 0}),
+    Case("factorial_hmm", factorial_hmm, {"max_plate_nesting": 0}),
+    Case("subsampled_enum", subsampled_enum, {"max_plate_nesting": 1}),
+    Case("enum_mixed_reparam", enum_mixed_reparam, {"max_plate_nesting": 1}),
+    Case("guide_and_model_enum", guide_enum_with_model_enum, {"max_plate_nesting": 1}),
+    Case("gmm_guessed_nesting", gmm_model_enum),
+    Case("gmm_particles", gmm_model_enum, {"max_plate_nesting": 1, "num_particles": 3}),
+    Case("enum_vectorized", guide_enum_with_model_enum,
+         {"max_plate_nesting": 1, "num_particles": 3, "vectorize_particles": True}),
+    Case("enum_mixed_vectorized", enum_mixed_reparam,
+         {"max_plate_nesting": 1, "num_particles": 4, "vectorize_particles": True}),
+]

@@ -17,7 +17,7 @@ from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.kernels.sumproduct import Factor, pack
 from pyro_svi_ext.trace.checks import check_pairing, check_site_shape
-from pyro_svi_ext.trace.recorder import SequentialBranch, run_recorded
+from pyro_svi_ext.trace.recorder import SUBSAMPLES, SequentialBranch, run_recorded
 from pyro_svi_ext.trace.run import TracePair, vectorize_particles
 from pyro_svi_ext.trace.sites import Site, compute_log_probs, compute_score_parts
 
@@ -98,9 +98,12 @@ def enum_pairs(model: Callable, guide: Callable, args: tuple, kwargs: dict,
             try:
                 yield _run_branch(model, guide, args, kwargs, max_plate_nesting, assignment)
             except SequentialBranch as branch:
+                # every branch reuses what the run drew before the site, as pyro's queue does
+                prefix = {**branch.sites, **assignment, SUBSAMPLES: branch.subsamples}
                 total = len(branch.values)
-                stack.extend({**assignment, branch.name: (value, total)}
-                             for value in branch.values)
+                for value in branch.values:
+                    infer = {**branch.infer, "_enum_total": total}
+                    stack.append({**prefix, branch.name: (value, infer)})
 
 
 def guess_enum_plate_nesting(model: Callable, guide: Callable, args: tuple,

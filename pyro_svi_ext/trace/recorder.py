@@ -20,14 +20,22 @@ def _is_subsample(msg: dict) -> bool:
     return type(msg["fn"]).__name__ == "_Subsample"
 
 
+#: key under which a sequential assignment keeps the subsample indices it replays
+SUBSAMPLES = "_pyro_svi_ext_subsamples"
+
+
 class SequentialBranch(Exception):  # noqa: N818 (control flow, not an error)
     """Raised at a sequentially enumerated site that has no value assigned yet; carries
-    the values to branch over."""
+    the values to branch over and what the run drew before it (``sites``,
+    ``subsamples``), which every branch then reuses."""
 
-    def __init__(self, name: str, values: list):
+    def __init__(self, name: str, values: list, sites: dict, subsamples: dict, infer: dict):
         super().__init__(name)
         self.name = name
+        self.infer = infer
         self.values = values
+        self.sites = sites
+        self.subsamples = subsamples
 
 
 class SiteRecorder(Messenger):
@@ -60,15 +68,15 @@ class SiteRecorder(Messenger):
         self.replay_subsamples: Mapping[str, torch.Tensor] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
-        if self.sequential is not None and not msg["is_observed"] and not msg["done"]:
-            self._assign_sequential(msg)
-        if self.replay is None or msg["is_observed"]:
-            return
         if _is_subsample(msg):
             indices = self.replay_subsamples.get(msg["name"])
-            if indices is not None:
+            if indices is not None and not msg["is_observed"]:
                 msg["value"] = indices
                 msg["done"] = True
+            return
+        if self.sequential is not None and not msg["is_observed"]:
+            self._assign_sequential(msg)
+        if self.replay is None or msg["is_observed"]:
             return
         guide_site = self.replay.get(msg["name"])
         if guide_site is None:
@@ -84,16 +92,16 @@ class SiteRecorder(Messenger):
 
     def _assign_sequential(self, msg: dict) -> None:
         infer = msg["infer"] or {}
-        if infer.get("enumerate") != "sequential":
-            return
         name = msg["name"]
-        if name not in self.sequential:
+        if name in self.sequential:  # (value, infer) fixed for this branch
+            msg["value"], msg["infer"] = self.sequential[name]
+            msg["done"] = True
+            return
+        if infer.get("enumerate") == "sequential" and not msg["done"]:
             support = msg["fn"].enumerate_support(expand=infer.get("expand", False))
-            raise SequentialBranch(name, list(support))
-        value, total = self.sequential[name]
-        msg["value"] = value
-        msg["done"] = True
-        msg["infer"] = {**infer, "_enum_total": total}
+            raise SequentialBranch(name, list(support),
+                                   {n: (s.value, s.infer) for n, s in self.sites.items()},
+                                   dict(self.subsamples), dict(infer))
 
     def _pyro_post_sample(self, msg: dict) -> None:
         if self.params_only:
@@ -131,6 +139,8 @@ def run_recorded(fn, args: tuple, kwargs: dict, against: SiteRecorder | None = N
                             track_nonreparam=track_nonreparam, sequential=sequential)
     if against is not None:
         recorder.replay_subsamples = against.subsamples
+    elif sequential is not None:
+        recorder.replay_subsamples = sequential.get(SUBSAMPLES, {})
     with recorder:
         result = fn(*args, **kwargs)
     return recorder, result
