@@ -21,15 +21,27 @@ from pyro_svi_ext.kernels.sumproduct import (
     combine,
     contract_tree,
     logsumexp_out,
+    query_marginal,
 )
 from pyro_svi_ext.trace import TracePair
+from pyro_svi_ext.trace.backward_sample import BackwardSampleMessenger, marginal_dist
 from pyro_svi_ext.trace.enum import (
     enum_label,
     enum_pairs,
     guess_enum_plate_nesting,
+    is_enumerated,
     ordinal,
     packed,
 )
+from pyro_svi_ext.trace.recorder import run_recorded
+
+
+class _GuideRun:
+    """What :func:`run_recorded` replays from: the guide sites of a pair."""
+
+    def __init__(self, pair: TracePair):
+        self.sites = pair.guide
+        self.subsamples: dict = {}
 
 
 @dataclass
@@ -270,6 +282,42 @@ class TraceEnum_ELBO(ELBO):
         if params and elbo.requires_grad:
             (-elbo).backward(retain_graph=self.retain_graph)
         return loss, params
+
+    # --- posterior of the model-enumerated sites -------------------------------------
+    def _single_pair(self, model, guide, args, kwargs, what: str) -> TracePair:
+        if self.num_particles != 1:
+            raise NotImplementedError(f"TraceEnum_ELBO.{what}() needs num_particles=1")
+        with poutine.block(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "model latent sites not in the guide")
+            pair = self._pairs(model, guide, args, kwargs)[0]
+        if any(is_enumerated(s) for s in pair.guide.values()):
+            raise NotImplementedError(f"TraceEnum_ELBO.{what}() does not support guide "
+                                      "enumeration; enumerate those sites in the model")
+        return pair
+
+    def compute_marginals(self, model: Callable, guide: Callable, *args, **kwargs) -> dict:
+        """``{site: distribution}``: the exact posterior marginal of each model-enumerated
+        site given the data and one draw of the guide's latents (batch shape: the site's
+        plates). Marginals are not differentiable."""
+        pair = self._single_pair(model, guide, args, kwargs, "compute_marginals")
+        factors = model_factors(pair)
+        marginals = {}
+        for name, site in pair.model.items():
+            label = enum_label(site)
+            if name in pair.guide or label is None or label not in factors.sum_labels:
+                continue
+            log_probs = query_marginal(factors.log_factors, factors.sum_labels, label,
+                                       ordinal(site))
+            marginals[name] = marginal_dist(site, log_probs)
+        return marginals
+
+    def sample_posterior(self, model: Callable, guide: Callable, *args, **kwargs):
+        """Run ``model`` with the guide's latents and every model-enumerated site drawn
+        jointly from its exact posterior; returns the model's return value."""
+        pair = self._single_pair(model, guide, args, kwargs, "sample_posterior")
+        with BackwardSampleMessenger(pair.model, pair.guide):
+            _, result = run_recorded(model, args, kwargs, against=_GuideRun(pair))
+        return result
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         """Negative ELBO as a tensor; ``ValueError`` if it cannot be differentiated."""

@@ -206,3 +206,48 @@ def log_partition(tree: dict[frozenset, list[Factor]], sum_labels: set) -> torch
             value = f.tensor.sum()
             total = value if total is None else total + value
     return torch.zeros(()) if total is None else total
+
+
+def label_sizes(tree: dict[frozenset, list[Factor]]) -> dict:
+    sizes: dict = {}
+    for fs in tree.values():
+        for f in fs:
+            sizes.update(zip(f.dims, f.tensor.shape, strict=True))
+    return sizes
+
+
+def query_marginal(tree: dict[frozenset, list[Factor]], sum_labels: set, target: Label,
+                   target_ordinal: frozenset) -> Factor:
+    """Log marginal probabilities of the enumerated variable ``target`` (normalized along
+    it), per element of its plates: a factor over ``(target, *plates)``.
+
+    Computed as the gradient of the log partition function with respect to a zero
+    factor on those dims (the adjoint of the contraction); not differentiable further.
+    """
+    sizes = label_sizes(tree)
+    dims = (target, *sorted((p for p in target_ordinal if p in sizes), key=repr))
+    sample = next(f.tensor for fs in tree.values() for f in fs)
+    query = torch.zeros([sizes[d] for d in dims], dtype=sample.dtype, device=sample.device,
+                        requires_grad=True)
+    extended = {t: list(fs) for t, fs in tree.items()}
+    extended.setdefault(target_ordinal, []).append(Factor(query, dims))
+    with torch.enable_grad():
+        log_z = log_partition(extended, set(sum_labels))
+        (probs,) = torch.autograd.grad(log_z, query)
+    return Factor(probs.log(), dims)
+
+
+def clamp(factor: Factor, label: Label, index: Factor) -> Factor:
+    """``factor`` with variable ``label`` fixed to ``index`` (an integer factor over some
+    plate labels): the ``label`` dim is gathered away."""
+    if label not in factor.dims:
+        return factor
+    dims = tuple(dict.fromkeys(factor.dims + index.dims))
+    sizes = dict(zip(factor.dims, factor.tensor.shape, strict=True))
+    sizes.update(zip(index.dims, index.tensor.shape, strict=True))
+    values = align(factor, dims).expand([sizes[d] for d in dims])
+    axis = dims.index(label)
+    idx_shape = [1 if d == label else sizes[d] for d in dims]
+    idx = align(index, dims).expand(idx_shape)
+    gathered = torch.gather(values, axis, idx).squeeze(axis)
+    return Factor(gathered, tuple(d for d in dims if d != label))
