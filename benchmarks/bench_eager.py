@@ -35,6 +35,13 @@ BENCHES = {  # label: (build, estimator name in both pyro.infer and pyro_svi_ext
     "TraceGraph_ELBO: 8 Bernoulli latents, plates + baselines": (models.discrete_plates,
                                                                  "TraceGraph_ELBO"),
     "TraceGraph_ELBO: sequential plate T=20": (models.sequential_bernoulli, "TraceGraph_ELBO"),
+    "TraceEnum_ELBO: GMM K=3 N=500": (models.gmm_enum, "TraceEnum_ELBO"),
+    "TraceEnum_ELBO: HMM K=4 T=100": (models.hmm_enum, "TraceEnum_ELBO"),
+    "RenyiELBO (8 particles): blr N=1000 D=10": (models.blr, "RenyiELBO"),
+}
+ELBO_KWARGS = {
+    "TraceEnum_ELBO": {"max_plate_nesting": 1},
+    "RenyiELBO": {"num_particles": 8},
 }
 IMPLS = {
     "pyro": (pyro.infer.SVI, pyro.infer),
@@ -49,7 +56,8 @@ def time_steps(impl: str, build, estimator: str, steps: int) -> float:
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model, guide, args = build()
-    svi = svi_cls(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo_cls())
+    svi = svi_cls(model, guide, pyro.optim.Adam({"lr": 0.01}),
+                  elbo_cls(**ELBO_KWARGS.get(estimator, {})))
     for _ in range(20):
         svi.step(*args)
     start = time.perf_counter()

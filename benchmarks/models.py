@@ -110,3 +110,49 @@ def sequential_bernoulli(t: int = 20):
             pyro.sample(f"z_{i}", dist.Bernoulli(p[i]))
 
     return model, guide, (x,)
+
+
+def gmm_enum(k: int = 3, n: int = 500):
+    """Gaussian mixture with model-side enumerated assignments (K components, N points)."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.cat([torch.randn(n // k, generator=g) + 4.0 * i for i in range(k)])[:n]
+    data = torch.cat([data, torch.randn(n - len(data), generator=g)])
+
+    def model(data):
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
+        locs = pyro.sample("locs", dist.Normal(torch.zeros(k), 10.0).to_event(1))
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[z], scale), obs=data)
+
+    def guide(data):
+        conc = pyro.param("conc", torch.ones(k), constraint=constraints.positive)
+        loc = pyro.param("locs_loc", torch.linspace(0.0, 4.0 * (k - 1), k))
+        sl = pyro.param("scale_loc", torch.tensor(0.0))
+        pyro.sample("weights", dist.Dirichlet(conc))
+        pyro.sample("locs", dist.Normal(loc, 0.1).to_event(1))
+        pyro.sample("scale", dist.LogNormal(sl, 0.1))
+
+    return model, guide, (data,)
+
+
+def hmm_enum(k: int = 4, t: int = 100):
+    """HMM with K hidden states, T steps, states enumerated under ``pyro.markov``."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(t, generator=g) + torch.arange(t).remainder(k).float()
+
+    def model(data):
+        trans = pyro.param("trans", torch.ones(k, k) / k + torch.eye(k),
+                           constraint=constraints.simplex)
+        locs = pyro.param("locs", torch.arange(k).float())
+        x = 0
+        for i in pyro.markov(range(len(data))):
+            x = pyro.sample(f"x_{i}", dist.Categorical(trans[x]),
+                            infer={"enumerate": "parallel"})
+            pyro.sample(f"y_{i}", dist.Normal(locs[x], 1.0), obs=data[i])
+
+    def guide(data):
+        pass
+
+    return model, guide, (data,)

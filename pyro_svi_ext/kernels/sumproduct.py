@@ -11,6 +11,7 @@ tensor values.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -101,28 +102,53 @@ def product_out(factor: Factor, labels: Iterable[Label]) -> Factor:
                   tuple(d for i, d in enumerate(factor.dims) if i not in idx))
 
 
-def _elimination_cost(factors: list[Factor], label: Label) -> int:
+def _union_size(factors: Iterable[Factor], skip: Label) -> int:
     sizes = {}
     for f in factors:
-        if label in f.dims:
-            sizes.update(zip(f.dims, f.tensor.shape, strict=True))
-    return math.prod(s for d, s in sizes.items() if d != label)
+        sizes.update(zip(f.dims, f.tensor.shape, strict=True))
+    sizes.pop(skip, None)
+    return math.prod(sizes.values())
 
 
 def sumproduct(factors: list[Factor], sum_labels: Iterable[Label]) -> Factor:
     """Product of ``factors`` with ``sum_labels`` summed out, eliminating one label at a
-    time, cheapest intermediate first (the contraction-order planner)."""
-    factors = list(factors)
-    pending = {d for d in sum_labels if any(d in f.dims for f in factors)}
-    while pending:
-        label = min(sorted(pending, key=repr), key=lambda d: _elimination_cost(factors, d))
-        pending.discard(label)
-        involved = [f for f in factors if label in f.dims]
-        factors = [f for f in factors if label not in f.dims]
-        factors.append(logsumexp_out(combine(involved), [label]))
-    if not factors:
+    time, the one whose intermediate is smallest first (the contraction-order planner,
+    a greedy variable elimination with a heap of stale-checked costs)."""
+    live = dict(enumerate(factors))
+    holders: dict[Label, set[int]] = {}
+    wanted = set(sum_labels)
+    for i, f in live.items():
+        for d in f.dims:
+            if d in wanted:
+                holders.setdefault(d, set()).add(i)
+
+    def cost(label: Label) -> int:
+        return _union_size((live[i] for i in holders[label]), label)
+
+    heap = [(cost(d), repr(d), d) for d in holders]
+    heapq.heapify(heap)
+    next_id = len(live)
+    while heap:
+        c, key, label = heapq.heappop(heap)
+        if label not in holders:
+            continue
+        current = cost(label)
+        if current != c:
+            heapq.heappush(heap, (current, key, label))
+            continue
+        ids = sorted(holders.pop(label))
+        involved = [live.pop(i) for i in ids]
+        reduced = logsumexp_out(combine(involved), [label])
+        live[next_id] = reduced
+        touched = {d for f in involved for d in f.dims if d in holders}
+        for d in touched:
+            holders[d].difference_update(ids)
+            holders[d].add(next_id)
+            heapq.heappush(heap, (cost(d), repr(d), d))
+        next_id += 1
+    if not live:
         return Factor(torch.zeros(()), ())
-    return combine(factors)
+    return combine([live[i] for i in sorted(live)])
 
 
 def partition(factors: list[Factor], sum_labels: set) -> list[tuple[list[Factor], set]]:
