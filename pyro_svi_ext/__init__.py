@@ -29,6 +29,7 @@ from pyro_svi_ext.infer import (
 )
 from pyro_svi_ext.interop import register_virtual_subclasses
 from pyro_svi_ext.registry import Capabilities, available, get, make
+from pyro_svi_ext.trace.backward_sample import BackwardSampleMessenger
 
 register_virtual_subclasses()
 
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ELBO",
     "SVI",
+    "BackwardSampleMessenger",
     "Capabilities",
     "ELBOModule",
     "EmpiricalMarginal",
