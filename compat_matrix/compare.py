@@ -1,0 +1,157 @@
+"""Checks of cell results (against pins, and ours against Pyro's), and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from compat_matrix.quantities import TOLERANCES
+
+PINS = Path(__file__).resolve().parent / "pins.json"
+
+
+def flatten(value, prefix: str = "") -> dict[str, float]:
+    """Nested dicts/lists of numbers -> ``{path: number}``."""
+    if isinstance(value, dict):
+        out = {}
+        for k in sorted(value):
+            out.update(flatten(value[k], f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: float(value)}
+
+
+def kind(quantity: str) -> str:
+    return quantity.split(".", 1)[1]
+
+
+def deviation(got, expected, rtol: float, atol: float) -> tuple[bool, float, str]:
+    """``(within tolerance, largest |got - expected|, where)``."""
+    g, e = flatten(got), flatten(expected)
+    if g.keys() != e.keys():
+        return False, math.inf, f"different entries: {sorted(set(g) ^ set(e))[:4]}"
+    worst, where, ok = 0.0, "", True
+    for key in e:
+        diff = abs(g[key] - e[key])
+        if not math.isfinite(diff) and g[key] != e[key]:
+            diff = math.inf
+        if diff > atol + rtol * abs(e[key]):
+            ok = False
+        if diff >= worst:
+            worst, where = diff, key
+    return ok, worst, where
+
+
+def check_pins(label: str, results: dict, pins: dict) -> list[dict]:
+    rows = []
+    for scenario, pinned in pins["scenarios"].items():
+        got = results["scenarios"].get(scenario)
+        if got is None:
+            rows.append({"cell": label, "scenario": scenario, "check": "pins",
+                         "status": "skipped", "why": "scenario not run"})
+            continue
+        for quantity, pin in pinned.items():
+            row = {"cell": label, "scenario": scenario, "check": "pins", "quantity": quantity}
+            if quantity not in got:
+                error = got.get(quantity.split(".")[0] + ".error", "not computed")
+                rows.append({**row, "status": "fail", "why": error})
+                continue
+            ok, worst, where = deviation(got[quantity], pin["value"], pin["rtol"], pin["atol"])
+            rows.append({**row, "status": "pass" if ok else "fail", "deviation": worst,
+                         "where": where, "expected": flatten(pin["value"]).get(where),
+                         "got": flatten(got[quantity]).get(where)})
+    return rows
+
+
+def check_parity(label: str, results: dict) -> list[dict]:
+    """This package's quantities against the same cell's Pyro, per scenario."""
+    rows = []
+    for scenario, values in results["scenarios"].items():
+        for quantity in sorted(q for q in values if q.startswith("ours.") and q != "ours.error"):
+            theirs = "pyro." + kind(quantity)
+            row = {"cell": label, "scenario": scenario, "check": "parity", "quantity": quantity}
+            if theirs not in values:
+                rows.append({**row, "status": "skipped",
+                             "why": values.get("pyro.error", "Pyro's value missing")})
+                continue
+            rtol, atol, _ = TOLERANCES[kind(quantity)]
+            ok, worst, where = deviation(values[quantity], values[theirs], rtol, atol)
+            rows.append({**row, "status": "pass" if ok else "fail", "deviation": worst,
+                         "where": where})
+        if "ours.error" in values:
+            rows.append({"cell": label, "scenario": scenario, "check": "parity",
+                         "status": "fail", "why": values["ours.error"]})
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, str], str]:
+    """``{(cell, scenario): "pass" | "FAIL <check> <quantity> (dev ...)" | "skipped: ..."}``."""
+    cells: dict = {}
+    for row in rows:
+        key = (row["cell"], row["scenario"])
+        if row["status"] == "fail":
+            if not cells.get(key, "").startswith("FAIL"):
+                detail = row.get("why") or (f"max |dev| {row['deviation']:.3g} at "
+                                            f"{row['where']}")
+                cells[key] = f"FAIL {row['check']} {row.get('quantity', '')}: {detail}"
+        elif row["status"] == "skipped" and key not in cells:
+            cells[key] = f"skipped: {row['why']}"
+        else:
+            cells.setdefault(key, "pass")
+    return cells
+
+
+def markdown(rows: list[dict], cell_labels: list[str], skipped: dict[str, str]) -> str:
+    summary = summarize(rows)
+    scenarios = sorted({s for _, s in summary})
+    lines = ["| cell | " + " | ".join(scenarios) + " |",
+             "|---|" + "---|" * len(scenarios)]
+    notes = []
+    for label in cell_labels:
+        if label in skipped:
+            lines.append(f"| {label} | " + " | ".join("skipped" for _ in scenarios) + " |")
+            notes.append(f"- {label} skipped: {skipped[label]}")
+            continue
+        lines.append(f"| {label} | " + " | ".join(summary.get((label, s), "-")
+                                                  for s in scenarios) + " |")
+    return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def load_pins(path: Path = PINS) -> dict:
+    return json.loads(path.read_text())
+
+
+def make_pins(results: dict, environment: dict, date: str) -> dict:
+    """Pins from one environment's results, with per-kind tolerances and their reasons."""
+    scenarios = {}
+    for scenario, values in results.items():
+        scenarios[scenario] = {}
+        for quantity, value in sorted(values.items()):
+            if quantity.endswith(".error"):
+                continue
+            rtol, atol, reason = TOLERANCES[kind(quantity)]
+            scenarios[scenario][quantity] = {"value": value, "rtol": rtol, "atol": atol,
+                                             "reason": reason}
+    return {"provenance": {**environment, "date": date}, "scenarios": scenarios}
+
+
+def diff_pins(old: dict, new: dict) -> list[str]:
+    lines = []
+    for scenario in sorted(set(old.get("scenarios", {})) | set(new["scenarios"])):
+        a = old.get("scenarios", {}).get(scenario, {})
+        b = new["scenarios"].get(scenario, {})
+        for quantity in sorted(set(a) | set(b)):
+            if quantity not in a:
+                lines.append(f"+ {scenario} {quantity}")
+            elif quantity not in b:
+                lines.append(f"- {scenario} {quantity}")
+            else:
+                ok, worst, where = deviation(b[quantity]["value"], a[quantity]["value"], 0, 0)
+                if not ok:
+                    lines.append(f"~ {scenario} {quantity}: max |change| {worst:.3g} at {where}")
+    return lines
