@@ -107,19 +107,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", default="", help="run benchmarks whose label has this")
+    parser.add_argument("--no-validation", action="store_true",
+                        help="pyro.enable_validation(False) for both implementations")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if opts.no_validation:
+        pyro.enable_validation(False)
     rows = run(opts.steps, opts.rounds, opts.only)
     table = to_markdown(rows)
     print(table)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "pyro": pyro.__version__,
+            "validation": not opts.no_validation,
             "python": platform.python_version(), "threads": 1,
             "steps": opts.steps, "rounds": opts.rounds}
-    (out / "eager.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "eager.md").write_text(table + "\n")
+    name = "eager_novalidation" if opts.no_validation else "eager"
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / f"{name}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":
