@@ -184,15 +184,20 @@ class ELBO:
         pairs = self._pairs(model, guide, args, kwargs)
         loss = -self._mean_elbo(pairs).item()
         self._check_finite(loss, pairs)
-        params = pairs[0].params
-        for pair in pairs[1:]:
-            params.update(pair.params)
         with SiteRecorder(params_only=True) as late:  # e.g. pyro.module in an nn baseline
             surrogate = self._mean_surrogate(pairs)
-        params.update(late.params)
-        if params and getattr(surrogate, "requires_grad", False):
-            (-surrogate).backward(retain_graph=self.retain_graph)
-        return loss, params
+        return loss, self._ascend(pairs, surrogate, late.params)
+
+    def _ascend(self, pairs: list[TracePair], objective, extra_params=None) -> dict:
+        """Backpropagate ``-objective`` (when any param reaches it); returns the params
+        touched by the particles (name -> unconstrained tensor)."""
+        params: dict = {}
+        for pair in pairs:
+            params.update(pair.params)
+        params.update(extra_params or {})
+        if params and getattr(objective, "requires_grad", False):
+            (-objective).backward(retain_graph=self.retain_graph)
+        return params
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         """Negative ELBO as a tensor whose gradient is the estimator's gradient."""

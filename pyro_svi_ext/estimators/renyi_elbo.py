@@ -143,12 +143,7 @@ class RenyiELBO(ELBO):
             return 0.0, {}
         loss = -bound.item()
         self._check_finite(loss, pairs)
-        params = {}
-        for pair in pairs:
-            params.update(pair.params)
-        if params and surrogate is not None and surrogate.requires_grad:
-            (-surrogate).backward(retain_graph=self.retain_graph)
-        return loss, params
+        return loss, self._ascend(pairs, surrogate)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         """Negative bound as a tensor whose gradient is the estimator's gradient."""

@@ -276,12 +276,7 @@ class TraceEnum_ELBO(ELBO):
             return 0.0, {}
         loss = -elbo.item()
         self._check_finite(loss, pairs)
-        params = {}
-        for pair in pairs:
-            params.update(pair.params)
-        if params and elbo.requires_grad:
-            (-elbo).backward(retain_graph=self.retain_graph)
-        return loss, params
+        return loss, self._ascend(pairs, elbo)
 
     # --- posterior of the model-enumerated sites -------------------------------------
     def _single_pair(self, model, guide, args, kwargs, what: str) -> TracePair:

@@ -13,13 +13,11 @@ from collections.abc import Callable, Iterator
 
 import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.kernels.sumproduct import Factor, pack
-from pyro_svi_ext.trace.checks import check_pairing, check_site_shape
 from pyro_svi_ext.trace.recorder import SUBSAMPLES, SequentialBranch, run_recorded
-from pyro_svi_ext.trace.run import TracePair, vectorize_particles
-from pyro_svi_ext.trace.sites import Site, compute_log_probs, compute_score_parts
+from pyro_svi_ext.trace.run import TracePair, finish_pair, vectorize_particles
+from pyro_svi_ext.trace.sites import Site
 
 
 def plate_label(name: str) -> tuple:
@@ -68,19 +66,7 @@ def _run_branch(model, guide, args, kwargs, max_plate_nesting, assignment) -> Tr
     model = EnumMessenger()(model)
     guide_run, _ = run_recorded(guide, args, kwargs, sequential=assignment)
     model_run, ret = run_recorded(model, args, kwargs, against=guide_run)
-    validate = is_validation_enabled()
-    if validate:
-        check_pairing(model_run.sites, guide_run.sites, enumerated_ok=True)
-    compute_log_probs(model_run.sites, "model")
-    compute_score_parts(guide_run.sites, "guide")
-    if validate:
-        for role, sites in (("model", model_run.sites), ("guide", guide_run.sites)):
-            for site in sites.values():
-                check_site_shape(site, role, max_plate_nesting)
-    params = guide_run.params
-    params.update(model_run.params)
-    return TracePair(model_run.sites, guide_run.sites, params, ret,
-                     frozenset(model_run.subsampled_plates | guide_run.subsampled_plates))
+    return finish_pair(guide_run, model_run, ret, max_plate_nesting)
 
 
 def enum_pairs(model: Callable, guide: Callable, args: tuple, kwargs: dict,

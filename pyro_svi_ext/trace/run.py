@@ -11,7 +11,7 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.trace.checks import check_pairing, check_site_shape, warn_if_enumerated
-from pyro_svi_ext.trace.recorder import run_recorded
+from pyro_svi_ext.trace.recorder import SiteRecorder, run_recorded
 from pyro_svi_ext.trace.sites import Site, compute_log_probs, compute_score_parts
 
 
@@ -47,10 +47,21 @@ def run_pair(
     guide_run, _ = run_recorded(guide, args, kwargs, track_nonreparam=track_nonreparam)
     model_run, ret = run_recorded(model, args, kwargs, against=guide_run,
                                   track_nonreparam=track_nonreparam)
+    return finish_pair(guide_run, model_run, ret, max_plate_nesting, estimator)
+
+
+def finish_pair(guide_run: SiteRecorder, model_run: SiteRecorder, ret: Any,
+                max_plate_nesting: float, estimator: str | None = None) -> TracePair:
+    """Log-probs, score parts and (under validation) checks of one guide/model run.
+
+    ``estimator``: the name to warn with about enumeration it ignores; ``None`` for an
+    enumerating estimator (model latents enumerated instead of guided are then fine).
+    """
     validate = is_validation_enabled()
     if validate:
-        check_pairing(model_run.sites, guide_run.sites)
-        warn_if_enumerated(guide_run.sites, estimator)
+        check_pairing(model_run.sites, guide_run.sites, enumerated_ok=estimator is None)
+        if estimator is not None:
+            warn_if_enumerated(guide_run.sites, estimator)
     compute_log_probs(model_run.sites, "model")
     compute_score_parts(guide_run.sites, "guide")
     if validate:
