@@ -1,4 +1,4 @@
-"""Pure tensor math: no pyro import, no ``.item()``, no branching on tensor values.
+"""Pure tensor math: no pyro import, no reads of tensor values into Python, no branching
 
 Everything here takes and returns tensors so that ``compile/`` can trace it whole.
 """
