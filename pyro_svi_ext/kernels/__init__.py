@@ -1,4 +1,5 @@
 """Pure tensor math: no pyro import, no reads of tensor values into Python, no branching
+on tensor values.
 
 Everything here takes and returns tensors so that ``compile/`` can trace it whole.
 """
