@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from pyro_svi_ext.registry import PluginRegistrar
+    from pyro_svi_ext.registry import BackendRegistrar, PluginRegistrar
 
 PROJECT = "pyro_svi_ext"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -28,4 +28,15 @@ def pyro_svi_ext_register_estimators(registry: PluginRegistrar) -> None:
     :func:`pyro_svi_ext.registry.reload`). Returns nothing. If it raises, none of this
     plugin's registrations are kept and the error is reported naming the plugin; the
     other plugins still load.
+    """
+
+
+@hookspec
+def pyro_svi_ext_register_backends(registry: BackendRegistrar) -> None:
+    """Add compile backends with ``registry.add(name, compile, description="")``, where
+    ``compile(graph_module, example_inputs)`` returns a callable with the graph
+    module's signature.
+
+    Called once per plugin when the registry is built. Returns nothing. Errors are
+    handled as for :func:`pyro_svi_ext_register_estimators`.
     """

@@ -94,6 +94,7 @@ class EstimatorRegistry:
         self._by_key: dict[str, Registration] = {}
         self._registrations: list[Registration] = []
         self.load_errors: list[PluginLoadError] = []
+        self.backends: dict[str, object] = {}
 
     def conflict(self, registration: Registration) -> Registration | None:
         """The existing registration that claims one of ``registration``'s names."""
@@ -169,6 +170,25 @@ class PluginRegistrar:
         self.staged.append(registration)
 
 
+class BackendRegistrar:
+    """What a plugin's ``pyro_svi_ext_register_backends`` hook receives."""
+
+    def __init__(self, plugin: str, registry: EstimatorRegistry):
+        self.plugin = plugin
+        self._registry = registry
+        self.staged: dict[str, object] = {}
+
+    def add(self, name: str, compile, description: str = "") -> None:
+        """Register a compile backend; ``DuplicateEstimatorError`` if the name is taken."""
+        from pyro_svi_ext.compile.backends import BACKENDS, Backend
+
+        key = name.lower()
+        if key in BACKENDS or key in self._registry.backends or key in self.staged:
+            raise DuplicateEstimatorError(f"compile backend {name!r} from plugin "
+                                          f"{self.plugin!r} is already registered")
+        self.staged[key] = Backend(key, compile, description)
+
+
 def _entry_point_plugins(pm: pluggy.PluginManager) -> list[PluginLoadError]:
     errors = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -232,6 +252,13 @@ def build_registry(
                 registry.add(registration)
         except Exception as err:
             errors.append(PluginLoadError(impl.plugin_name, err))
+    for impl in pm.hook.pyro_svi_ext_register_backends.get_hookimpls():
+        backends = BackendRegistrar(impl.plugin_name, registry)
+        try:
+            impl.function(registry=backends)
+            registry.backends.update(backends.staged)
+        except Exception as err:
+            errors.append(PluginLoadError(impl.plugin_name, err))
     for error in errors:
         warnings.warn(str(error), PluginLoadWarning, stacklevel=3)
     registry.load_errors = errors
@@ -271,6 +298,12 @@ def make(name: str, **kwargs: Any) -> Any:
 def available() -> list[Registration]:
     """Every registration: name, class, aliases, capabilities, signature, plugin."""
     return _registry().registrations()
+
+
+def backends() -> dict:
+    """Compile backends added by plugins (name -> Backend); built-ins live in
+    :data:`pyro_svi_ext.compile.BACKENDS`."""
+    return dict(_registry().backends)
 
 
 def load_errors() -> list[PluginLoadError]:

@@ -188,6 +188,11 @@ class ELBO:
             surrogate = self._mean_surrogate(pairs)
         return loss, self._ascend(pairs, surrogate, late.params)
 
+    def _objective(self, model, guide, args, kwargs):
+        """``(loss, surrogate)`` tensors for one step: what a compiled step traces."""
+        pairs = self._pairs(model, guide, args, kwargs)
+        return -self._mean_elbo(pairs), self._mean_surrogate(pairs)
+
     def _ascend(self, pairs: list[TracePair], objective, extra_params=None) -> dict:
         """Backpropagate ``-objective`` (when any param reaches it); returns the params
         touched by the particles (name -> unconstrained tensor)."""

@@ -137,6 +137,10 @@ class RenyiELBO(ELBO):
             surrogate = (weights * surrogates).sum() / self.num_particles
         return pairs, bound.sum(), surrogate
 
+    def _objective(self, model, guide, args, kwargs):
+        _, bound, surrogate = self._bound_and_surrogate(model, guide, args, kwargs)
+        return -bound, surrogate
+
     def _loss_and_grads(self, model, guide, args, kwargs):
         pairs, bound, surrogate = self._bound_and_surrogate(model, guide, args, kwargs)
         if bound is None:

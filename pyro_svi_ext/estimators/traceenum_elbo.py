@@ -269,6 +269,10 @@ class TraceEnum_ELBO(ELBO):
             warnings.warn("TraceEnum_ELBO: encountered NaN loss", stacklevel=2)
         return loss
 
+    def _objective(self, model, guide, args, kwargs):
+        elbo = self._dice_total(self._pairs(model, guide, args, kwargs))
+        return -elbo, elbo
+
     def _loss_and_grads(self, model, guide, args, kwargs):
         pairs = self._pairs(model, guide, args, kwargs)
         elbo = self._dice_total(pairs)

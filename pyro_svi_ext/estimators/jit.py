@@ -1,0 +1,73 @@
+"""JitTrace_ELBO, JitTraceGraph_ELBO, JitTraceEnum_ELBO: the estimators with a compiled
+``loss_and_grads`` (see :mod:`pyro_svi_ext.compile`)."""
+
+from __future__ import annotations
+
+from pyro_svi_ext.compile import CompiledLossAndGrads
+from pyro_svi_ext.estimators.base import INF
+from pyro_svi_ext.estimators.trace_elbo import Trace_ELBO
+from pyro_svi_ext.estimators.traceenum_elbo import TraceEnum_ELBO
+from pyro_svi_ext.estimators.tracegraph_elbo import TraceGraph_ELBO
+
+DEFAULT_BACKEND = "inductor"
+
+
+class _Compiled:
+    """Compiles ``loss_and_grads`` after a first eager call, per (model, guide).
+
+    Restrictions, as Pyro documents them for its Jit* estimators: static model
+    structure; tensor inputs through ``*args``; non-tensor inputs through ``**kwargs``
+    (part of the compiled graph's key). A change of param or argument shapes, dtypes or
+    devices recompiles (up to ``cache_size`` graphs) or raises
+    :class:`~pyro_svi_ext.compile.StructureChangedError` (``on_change="raise"``). A model
+    that cannot be traced (e.g. it branches on tensor values, or the step writes the
+    param store, as decaying-average baselines do) runs eagerly with one
+    ``RuntimeWarning``, or raises with ``on_dynamic="raise"``. Validation (pyro's checks)
+    runs on the first, eager call only; a non-finite loss is still caught.
+
+    :param backend: ``"inductor"`` (default), ``"jit"`` (TorchScript, legacy) or
+        ``"eager"`` (replay of the traced graph), or a plugin's backend.
+    """
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = INF,
+                 max_iarange_nesting: float | None = None, vectorize_particles: bool = False,
+                 strict_enumeration_warning: bool = True, retain_graph: bool | None = None,
+                 *, backend: str | None = None, on_change: str = "recompile",
+                 on_dynamic: str = "eager", cache_size: int = 8):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         max_iarange_nesting=max_iarange_nesting,
+                         vectorize_particles=vectorize_particles,
+                         strict_enumeration_warning=strict_enumeration_warning,
+                         retain_graph=retain_graph)
+        self.backend = backend or DEFAULT_BACKEND
+        self._options = {"on_change": on_change, "on_dynamic": on_dynamic,
+                         "cache_size": cache_size}
+        self._steps: dict = {}
+        CompiledLossAndGrads(self, None, self.backend, **self._options)  # validate options
+
+    def _loss_and_grads(self, model, guide, args, kwargs):
+        key = (id(model), id(guide))
+        step = self._steps.get(key)
+        if step is None:
+            eager = super()._loss_and_grads
+            step = self._steps[key] = CompiledLossAndGrads(self, eager, self.backend,
+                                                           **self._options)
+        return step(model, guide, args, kwargs)
+
+
+class JitTrace_ELBO(_Compiled, Trace_ELBO):
+    """:class:`Trace_ELBO` with a compiled ``loss_and_grads``."""
+
+    estimator_name = "JitTrace_ELBO"
+
+
+class JitTraceGraph_ELBO(_Compiled, TraceGraph_ELBO):
+    """:class:`TraceGraph_ELBO` with a compiled ``loss_and_grads``."""
+
+    estimator_name = "JitTraceGraph_ELBO"
+
+
+class JitTraceEnum_ELBO(_Compiled, TraceEnum_ELBO):
+    """:class:`TraceEnum_ELBO` with a compiled ``loss_and_grads``."""
+
+    estimator_name = "JitTraceEnum_ELBO"
