@@ -18,6 +18,7 @@ from pyro_svi_ext.estimators import (
     TraceEnum_ELBO,
     TraceGraph_ELBO,
 )
+from pyro_svi_ext.estimators.jit import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.infer import (
     SVI,
@@ -44,6 +45,9 @@ __all__ = [
     "EmpiricalMarginal",
     "EmptyPosteriorError",
     "Importance",
+    "JitTraceEnum_ELBO",
+    "JitTraceGraph_ELBO",
+    "JitTrace_ELBO",
     "NonFiniteLossError",
     "RenyiELBO",
     "TraceEnum_ELBO",

@@ -122,7 +122,10 @@ class CompiledLossAndGrads:
         except Exception as err:  # the model cannot be traced statically
             raise _Untraceable(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
         self.compiles += 1
-        return self.backend.compile(gm, inputs), slots
+        try:
+            return self.backend.compile(gm, inputs), slots
+        except NotImplementedError as err:
+            raise _Untraceable(f"backend {self.backend.name!r}: {err}") from err
 
     def _verify(self, compiled, model, guide, params, args, kwargs, slots):
         """Run the new graph and the eager objective on the same random draws; a
@@ -182,7 +185,7 @@ class CompiledLossAndGrads:
             outputs = compiled(*params, *[args[i] for i in slots])
         self.graphs.move_to_end(key)
         loss, *grads = outputs
-        value = float(loss)
+        value = float(loss.detach())
         if value != value or value in (float("inf"), float("-inf")):
             if pyro.poutine.util.is_validation_enabled():
                 # name the sites: one eager evaluation, nothing modified

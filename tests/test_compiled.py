@@ -1,0 +1,218 @@
+"""Compiled steps (Jit* estimators): exactly the eager step's numbers, guarded structure,
+safe fallback for models that cannot be traced."""
+
+import types
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pytest
+import torch
+from cases import CASES, ENUM_CASES
+
+import pyro_svi_ext
+from pyro_svi_ext import (
+    SVI,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceGraph_ELBO,
+    registry,
+)
+from pyro_svi_ext.compile import StructureChangedError
+
+EAGER_OF = {JitTrace_ELBO: Trace_ELBO, JitTraceEnum_ELBO: TraceEnum_ELBO,
+            JitTraceGraph_ELBO: TraceGraph_ELBO}
+COMPILABLE = [(JitTrace_ELBO, c) for c in CASES if c.name in {
+    "single_site", "to_event", "plate", "nested_plates", "subsampled_plate", "mask",
+    "poutine_scale", "nonreparam_in_plate", "num_particles_4", "vectorized_particles"}] + [
+    (JitTraceEnum_ELBO, c) for c in ENUM_CASES if c.name in {
+        "gmm_model_enum", "gmm_guide_enum_sequential", "nested_enum_two_levels",
+        "hmm_markov_T50", "enum_mixed_vectorized"}]
+
+
+def run_svi(elbo, case, optim=None, steps=5):
+    pyro.clear_param_store()
+    model, guide, args = case.build()
+    pyro.set_rng_seed(0)
+    svi = SVI(model, guide, optim or pyro.optim.Adam({"lr": 0.05}), elbo)
+    losses = [svi.step(*args) for _ in range(steps)]
+    return losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def assert_same_run(ours, theirs):
+    assert ours[0] == pytest.approx(theirs[0], rel=1e-5, abs=1e-5)
+    assert ours[1].keys() == theirs[1].keys()
+    for name in theirs[1]:
+        torch.testing.assert_close(ours[1][name], theirs[1][name], rtol=1e-5, atol=1e-6)
+
+
+def compiled_step(elbo):
+    (step,) = elbo._steps.values()
+    return step
+
+
+@pytest.mark.parametrize("backend", ["eager"])
+@pytest.mark.parametrize("cls, case", COMPILABLE, ids=lambda x: getattr(x, "name", None)
+                         or getattr(x, "__name__", str(x)))
+def test_compiled_steps_equal_eager_steps(cls, case, backend):
+    elbo = cls(backend=backend, **case.elbo_kwargs)
+    ours = run_svi(elbo, case)
+    assert compiled_step(elbo).graphs, compiled_step(elbo).dynamic_reason
+    assert_same_run(ours, run_svi(EAGER_OF[cls](**case.elbo_kwargs), case))
+
+
+def test_inductor_step_equals_eager_step():
+    (case,) = [c for c in CASES if c.name == "nonreparam_in_plate"]
+    elbo = JitTrace_ELBO(backend="inductor")
+    ours = run_svi(elbo, case, steps=4)
+    assert compiled_step(elbo).graphs
+    assert_same_run(ours, run_svi(Trace_ELBO(), case, steps=4))
+
+
+@pytest.mark.parametrize("optim", [
+    lambda: pyro.optim.ClippedAdam({"lr": 0.05, "clip_norm": 0.5}),
+    lambda: pyro.optim.SGD({"lr": 0.01, "momentum": 0.9}),
+    lambda: pyro.optim.Adam(lambda name, p: {"lr": 0.2 if "loc" in name else 0.01}),
+], ids=["clipped_adam", "sgd_momentum", "per_param_args"])
+def test_optimizer_semantics_are_kept(optim):
+    (case,) = [c for c in CASES if c.name == "plate"]
+    ours = run_svi(JitTrace_ELBO(backend="eager"), case, optim(), steps=8)
+    assert_same_run(ours, run_svi(Trace_ELBO(), case, optim(), steps=8))
+
+
+def branchy_model(data):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    scale = 1.0 if data.sum() > 0 else 3.0  # Python branch on a tensor value
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(mu, scale), obs=data)
+
+
+def mu_guide(data):
+    pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+
+def test_value_dependent_branching_never_gives_a_wrong_answer():
+    data = [torch.ones(4), -torch.ones(4), torch.ones(4)]
+    elbo = JitTrace_ELBO(backend="eager")
+    svi = SVI(branchy_model, mu_guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+    with pytest.warns(RuntimeWarning, match="cannot be compiled"):
+        ours = [svi.step(d) for d in data]
+    pyro.clear_param_store()
+    ref = SVI(branchy_model, mu_guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    svi = SVI(branchy_model, mu_guide, pyro.optim.Adam({"lr": 0.1}),
+              JitTrace_ELBO(backend="eager"))
+    pyro.set_rng_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ours = [svi.step(d) for d in data]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    assert ours == pytest.approx([ref.step(d) for d in data], rel=1e-6)
+    strict = JitTrace_ELBO(backend="eager", on_dynamic="raise")
+    strict.loss_and_grads(branchy_model, mu_guide, data[0])  # first call: eager
+    with pytest.raises(StructureChangedError, match="cannot be compiled"):
+        strict.loss_and_grads(branchy_model, mu_guide, data[0])
+
+
+def plate_model(data):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=data)
+
+
+def test_a_shape_change_recompiles_or_raises_by_option():
+    elbo = JitTrace_ELBO(backend="eager")
+    pyro.set_rng_seed(1)
+    for n in (3, 3, 5, 5, 3):
+        loss = elbo.loss_and_grads(plate_model, mu_guide, torch.ones(n))
+        assert isinstance(loss, float)
+    assert compiled_step(elbo).compiles == 2
+    strict = JitTrace_ELBO(backend="eager", on_change="raise")
+    strict.loss_and_grads(plate_model, mu_guide, torch.ones(3))
+    strict.loss_and_grads(plate_model, mu_guide, torch.ones(3))
+    with pytest.raises(StructureChangedError, match=r"argument #0 changed from \(\(3,\)"):
+        strict.loss_and_grads(plate_model, mu_guide, torch.ones(4))
+
+
+def test_state_outside_the_param_store_falls_back_to_eager_exactly():
+    (case,) = [c for c in CASES if c.name == "pyro_module_amortized"]
+    elbo = JitTrace_ELBO(backend="eager")
+    with pytest.warns(RuntimeWarning, match="disagrees with the eager step"):
+        ours = run_svi(elbo, case)
+    assert_same_run(ours, run_svi(Trace_ELBO(), case))
+
+
+def test_nonfinite_loss_is_caught_in_compiled_steps():
+    elbo = JitTrace_ELBO(backend="eager")
+    svi = SVI(plate_model, mu_guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+    svi.step(torch.ones(3))
+    svi.step(torch.ones(3))
+    before = pyro.param("loc").item()
+    with pytest.raises(pyro_svi_ext.NonFiniteLossError, match="model:x"):
+        svi.step(torch.tensor([1.0, float("inf"), 0.0]))
+    assert pyro.param("loc").item() == before
+
+
+def test_torchscript_backend_is_refused_not_wrong():
+    (case,) = [c for c in CASES if c.name == "plate"]
+    elbo = JitTrace_ELBO(backend="jit")
+    with pytest.warns(RuntimeWarning, match="'jit'.*not exact"):
+        ours = run_svi(elbo, case)
+    assert_same_run(ours, run_svi(Trace_ELBO(), case))
+
+
+def test_jit_estimators_are_registered_as_compiled():
+    for name in ("JitTrace_ELBO", "jittraceenum_elbo", "JitTraceGraph_ELBO"):
+        (reg,) = [r for r in pyro_svi_ext.available() if r.cls is pyro_svi_ext.get(name)]
+        assert reg.capabilities.compiled
+    with pytest.raises(KeyError, match="no compile backend named 'tvm'"):
+        JitTrace_ELBO(backend="tvm")
+
+
+def test_a_plugin_backend_is_used_by_name():
+    calls = []
+
+    def counting(gm, example_inputs):
+        calls.append(len(example_inputs))
+        return gm
+
+    def hook(registry):
+        registry.add("counting", counting, "counts compilations")
+
+    hook.pyro_svi_ext_impl = True
+    plugin = types.SimpleNamespace(pyro_svi_ext_register_backends=pyro_svi_ext.hookimpl(hook))
+    registry.reload(extra_plugins=[plugin])
+    try:
+        elbo = JitTrace_ELBO(backend="counting")
+        for _ in range(3):
+            elbo.loss_and_grads(plate_model, mu_guide, torch.ones(3))
+        assert calls == [1 + 1]  # one param, one tensor argument; compiled once
+    finally:
+        registry.reload()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compiled_step_follows_the_device(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    data = torch.ones(3, device=device)
+
+    def guide(data):
+        pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(0.0, device=device)), 1.0))
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, device=device), 1.0))
+        with pyro.plate("data", len(data), device=device):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=data)
+
+    elbo = JitTrace_ELBO(backend="eager")
+    for _ in range(3):
+        elbo.loss_and_grads(model, guide, data)
+    assert compiled_step(elbo).graphs
+    assert pyro.param("loc").unconstrained().grad.device.type == device
