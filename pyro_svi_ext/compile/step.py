@@ -134,8 +134,12 @@ class CompiledLossAndGrads:
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
         start = (torch.get_rng_state(),
                  [torch.cuda.get_rng_state(d) for d in devices])
-        with torch.random.fork_rng(devices=devices):
-            outputs = compiled(*params, *[args[i] for i in slots])
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                outputs = compiled(*params, *[args[i] for i in slots])
+        except Exception as err:  # a backend that compiles lazily fails here
+            raise _Untraceable(f"backend {self.backend.name!r} failed: "
+                               f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
         with torch.enable_grad():
             loss, surrogate = self.elbo._objective(model, guide, args, kwargs)
             eager = torch.autograd.grad(-surrogate, params, allow_unused=True)
@@ -182,7 +186,8 @@ class CompiledLossAndGrads:
                 self.graphs.popitem(last=False)
         else:
             compiled, slots = entry
-            outputs = compiled(*params, *[args[i] for i in slots])
+            with torch.no_grad():  # the graph computes its gradients itself
+                outputs = compiled(*params, *[args[i] for i in slots])
         self.graphs.move_to_end(key)
         loss, *grads = outputs
         value = float(loss.detach())
