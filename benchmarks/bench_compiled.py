@@ -126,11 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="run benchmarks whose label has this")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     for label, (build, estimator, kwargs) in BENCHES.items():
+        if opts.only not in label:
+            continue
         impls = {
             "pyro eager": (pyro.infer.SVI, pyro.infer, estimator),
             "pyro Jit": (pyro.infer.SVI, pyro.infer, "Jit" + estimator),
