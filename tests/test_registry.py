@@ -189,7 +189,7 @@ def test_every_hook_is_documented():
     from pyro_svi_ext import hookspecs
 
     hooks = [n for n in dir(hookspecs) if n.startswith("pyro_svi_ext_")]
-    assert hooks == ["pyro_svi_ext_register_estimators"]
+    assert hooks == ["pyro_svi_ext_register_backends", "pyro_svi_ext_register_estimators"]
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert doc and "Called" in doc and "Returns" in doc

@@ -65,6 +65,8 @@ OPTIMS = {
     "per_param_args": lambda: pyro.optim.Adam(
         lambda name, param: {"lr": 0.1 if "loc" in name else 0.01}),
     "adam_grad_clip": lambda: pyro.optim.Adam({"lr": 0.05}, {"clip_norm": 0.5}),
+    "adamw": lambda: pyro.optim.AdamW({"lr": 0.05, "weight_decay": 0.1}),
+    "rmsprop_centered": lambda: pyro.optim.RMSprop({"lr": 0.01, "centered": True}),
 }
 
 
@@ -84,6 +86,45 @@ def test_svi_run_matches_pyro_svi(case, optim):
     for name, state in theirs[2].items():
         torch.testing.assert_close(ours[2][name]["state"], state["state"], rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_hand_edited_learning_rates_are_honoured():
+    """Setting lr on the per-param optimizers (manual decay) takes effect at once."""
+    (case,) = [c for c in CASES if c.name == "plate"]
+    results = []
+    for svi_cls, elbo in ((SVI, Trace_ELBO()), (pyro.infer.SVI, pyro.infer.Trace_ELBO())):
+        pyro.clear_param_store()
+        model, guide, args = case.build()
+        pyro.set_rng_seed(0)
+        optim = pyro.optim.Adam({"lr": 0.05})
+        svi = svi_cls(model, guide, optim, elbo)
+        for _ in range(3):
+            svi.step(*args)
+        for opt in optim.optim_objs.values():
+            opt.param_groups[0]["lr"] = 0.0
+        frozen = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+        for _ in range(3):
+            svi.step(*args)
+        results.append(frozen)
+        for k, v in pyro.get_param_store().items():
+            torch.testing.assert_close(v.detach(), frozen[k], rtol=0, atol=0)
+    assert results[0].keys() == results[1].keys()
+
+
+def test_an_overridden_loss_and_grads_is_called():
+    calls = []
+
+    class CountingELBO(Trace_ELBO):
+        def loss_and_grads(self, model, guide, *args, **kwargs):
+            calls.append(1)
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+
+    model, guide, _, _ = conjugate_normal(torch.ones(3))
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), CountingELBO())
+    svi.step(torch.ones(3))
+    svi.step(torch.ones(3))
+    assert calls == [1, 1]
+    assert pyro.param("loc").item() != 0.0
 
 
 def test_optim_must_be_a_pyro_optim():

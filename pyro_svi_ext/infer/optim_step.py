@@ -14,6 +14,8 @@ where ``PyroOptim`` creates that param's optimizer and loads saved state).
 
 from __future__ import annotations
 
+import inspect
+
 import pyro.optim
 import torch
 
@@ -31,7 +33,10 @@ class FusedStep:
             type(optim) is pyro.optim.PyroOptim and optim.pt_optim_constructor in FUSABLE
         )
         self._key: tuple | None = None
+        self._hypers: list[dict] = []
         self._fused: list[torch.optim.Optimizer] = []
+        accepted = inspect.signature(optim.pt_optim_constructor).parameters
+        self._accepted = set(accepted) - {"params"}
 
     def __call__(self, params: list[torch.Tensor]) -> None:
         optim = self.optim
@@ -43,19 +48,24 @@ class FusedStep:
         ):
             optim(params)
             return
-        key = tuple((id(p), id(objs[p])) for p in params)
-        if key != self._key:
-            self._fused = self._build(params)
-            self._key = key
+        # rebuild when a param, its optimizer or that optimizer's state object changed
+        # (e.g. load_state_dict), or when its hyper-parameters were edited by hand
+        key = tuple((id(p), id(objs[p]), id(objs[p].state)) for p in params)
+        hypers = [self._hyper(objs[p]) for p in params]
+        if key != self._key or hypers != self._hypers:
+            self._fused = self._build(params, hypers)
+            self._key, self._hypers = key, hypers
         for fused in self._fused:
             fused.step()
 
-    def _build(self, params: list[torch.Tensor]) -> list[torch.optim.Optimizer]:
+    def _hyper(self, optimizer: torch.optim.Optimizer) -> dict:
+        (group,) = optimizer.param_groups
+        return {k: v for k, v in group.items() if k in self._accepted and k not in _NOT_HYPER}
+
+    def _build(self, params: list[torch.Tensor], hypers: list[dict]):
         objs = self.optim.optim_objs
         groups: dict[str, tuple[dict, list]] = {}
-        for p in params:
-            (group,) = objs[p].param_groups
-            hyper = {k: v for k, v in group.items() if k not in _NOT_HYPER}
+        for p, hyper in zip(params, hypers, strict=True):
             groups.setdefault(repr(sorted(hyper.items())), (hyper, []))[1].append(p)
         fused = []
         for hyper, members in groups.values():

@@ -73,8 +73,15 @@ class SVI(TracePosterior):
         self.num_samples = num_samples
         self.num_steps = num_steps
         self._optim_step = FusedStep(optim)
-        # this package's ELBOs report the params they touched: no extra handler needed
-        self._tracked_step = loss._loss_and_grads if isinstance(loss, ELBO) else None
+        # this package's ELBOs report the params they touched: no extra handler needed,
+        # unless a subclass overrides the public loss_and_grads (then that is what runs)
+        self._tracked_step = (
+            loss._loss_and_grads
+            if isinstance(loss, ELBO)
+            and getattr(type(loss).loss_and_grads, "__func__", type(loss).loss_and_grads)
+            is ELBO.loss_and_grads
+            else None
+        )
         if hasattr(loss, "loss") and hasattr(loss, "loss_and_grads"):
             self.loss = loss.loss
             self.loss_and_grads = loss.loss_and_grads
@@ -105,10 +112,12 @@ class SVI(TracePosterior):
                 del store[name]
             raise
         tensors = list(params.values())
-        self._optim_step(tensors)
-        grads = [p.grad for p in tensors if p.grad is not None]
-        if grads:
-            torch._foreach_zero_(grads)
+        try:
+            self._optim_step(tensors)
+        finally:
+            grads = [p.grad for p in tensors if p.grad is not None]
+            if grads:
+                torch._foreach_zero_(grads)
         return _as_float(loss)
 
     def evaluate_loss(self, *args, **kwargs) -> float:
