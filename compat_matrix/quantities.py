@@ -63,7 +63,11 @@ def compute(fn, impl: str, svi_steps: int) -> dict:
     """``{quantity: value}`` for one scenario and implementation (``"ours"``/``"pyro"``)."""
     ns = IMPLS[impl]
     estimator = getattr(fn, "estimator", "Trace_ELBO")
-    kwargs = getattr(fn, "elbo_kwargs", {})
+    kwargs = dict(getattr(fn, "elbo_kwargs", {}))
+    if impl == "pyro":  # e.g. compare a compiled estimator with Pyro's eager one
+        estimator = getattr(fn, "pyro_estimator", estimator)
+    else:
+        kwargs.update(getattr(fn, "ours_kwargs", {}))
     out: dict = {}
     model, guide, args = _fresh(fn)
     out["loss"] = float(getattr(ns, estimator)(**kwargs).loss_and_grads(model, guide, *args))

@@ -2,8 +2,10 @@
 
 A scenario module (built-in or a user's) defines functions named ``scenario_<name>``
 returning ``(model, guide, args, seed)``; optional attributes on the function select the
-estimator (``estimator``, default ``"Trace_ELBO"``), its arguments (``elbo_kwargs``)
-and extra quantities (``extras``: ``"importance"``, ``"predictive"``).
+estimator (``estimator``, default ``"Trace_ELBO"``), its arguments (``elbo_kwargs``),
+arguments for this package's side only (``ours_kwargs``), the Pyro class to compare with
+when it differs (``pyro_estimator``) and extra quantities (``extras``: ``"importance"``,
+``"predictive"``).
 """
 
 from __future__ import annotations
@@ -120,3 +122,28 @@ def scenario_autonormal_subsampled():
             pyro.sample("x", dist.Normal(z, 0.5), obs=data[ind])
 
     return model, AutoNormal(model), (data,), 5
+
+
+def _compiled(pyro_estimator):
+    def mark(fn):
+        fn.ours_kwargs = {"backend": "eager"}
+        fn.pyro_estimator = pyro_estimator
+        return fn
+
+    return mark
+
+
+@_compiled("Trace_ELBO")
+@_with("JitTrace_ELBO", {"num_particles": 2, "vectorize_particles": True,
+                         "max_plate_nesting": 1})
+def scenario_compiled_trace_elbo():
+    """The compiled step against Pyro's eager Trace_ELBO on the same draws (Pyro's own
+    JitTrace_ELBO draws a different random stream)."""
+    return _normal_model, _normal_guide, (DATA,), 6
+
+
+@_compiled("TraceEnum_ELBO")
+@_with("JitTraceEnum_ELBO", {"max_plate_nesting": 0})
+def scenario_compiled_hmm_enum():
+    model, guide, args, _ = scenario_hmm_enum()
+    return model, guide, args, 7

@@ -32,7 +32,7 @@ def test_pins_hold_in_this_environment(here_results):
 
 def test_our_estimators_agree_with_this_pyro(here_results):
     rows = check_parity("here", here_results)
-    assert len(rows) == 29 and all(r["status"] == "pass" for r in rows)  # 6 scenarios
+    assert len(rows) == 37 and all(r["status"] == "pass" for r in rows)  # 8 scenarios
 
 
 def test_every_pin_states_its_tolerance_and_provenance():
