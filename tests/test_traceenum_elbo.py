@@ -177,6 +177,7 @@ def test_sample_posterior_matches_the_exact_joint():
         counts[index[tuple(int(v) for v in draw)]] += 1
     expected = n * exact
     chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    print(f"chi-square {chi2:.2f}")
     assert chi2 < 54.05, chi2
 
 
