@@ -678,3 +678,28 @@ ENUM_CASES = [
     Case("enum_mixed_vectorized", enum_mixed_reparam,
          {"max_plate_nesting": 1, "num_particles": 4, "vectorize_particles": True}),
 ]
+
+
+def local_parallel_sampling():
+    """Guide sites sampled several times in parallel (infer num_samples), discrete and
+    continuous."""
+    x = torch.tensor([0.4, 1.6, 1.1])
+
+    def model(x):
+        s = pyro.sample("s", dist.Bernoulli(0.4))
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("x", dist.Normal(mu + s, 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.tensor(0.5), constraint=constraints.unit_interval)
+        loc, scale = _loc_scale("mu", ())
+        pyro.sample("s", dist.Bernoulli(p), infer={"enumerate": "parallel", "num_samples": 4})
+        pyro.sample("mu", dist.Normal(loc, scale),
+                    infer={"enumerate": "parallel", "num_samples": 3})
+
+    return model, guide, (x,)
+
+
+ENUM_CASES.append(Case("local_parallel_sampling", local_parallel_sampling,
+                       {"max_plate_nesting": 1}))
