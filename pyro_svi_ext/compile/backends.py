@@ -35,7 +35,12 @@ def _inductor(gm, example_inputs):
 
     # random ops call aten's generators, so compiled steps draw what eager steps draw
     inductor_config.fallback_random = True
-    return torch.compile(gm, backend="inductor", dynamic=False)
+    try:  # compile the graph itself: our own guard replaces dynamo's (less per-call work)
+        from torch._inductor.compile_fx import compile_fx
+    except ImportError:  # pragma: no cover - older or newer torch layouts
+        return torch.compile(gm, backend="inductor", dynamic=False)
+    with torch.no_grad():
+        return compile_fx(gm, [t.detach() for t in example_inputs])
 
 
 BACKENDS: dict[str, Backend] = {
