@@ -27,7 +27,8 @@ EAGER_OF = {JitTrace_ELBO: Trace_ELBO, JitTraceEnum_ELBO: TraceEnum_ELBO,
             JitTraceGraph_ELBO: TraceGraph_ELBO}
 COMPILABLE = [(JitTrace_ELBO, c) for c in CASES if c.name in {
     "single_site", "to_event", "plate", "nested_plates", "subsampled_plate", "mask",
-    "poutine_scale", "nonreparam_in_plate", "num_particles_4", "vectorized_particles"}] + [
+    "poutine_scale", "nonreparam_in_plate", "num_particles_4", "vectorized_particles",
+    "pyro_module_amortized"}] + [
     (JitTraceEnum_ELBO, c) for c in ENUM_CASES if c.name in {
         "gmm_model_enum", "gmm_guide_enum_sequential", "nested_enum_two_levels",
         "hmm_markov_T50", "enum_mixed_vectorized"}]
@@ -134,11 +135,44 @@ def test_a_shape_change_recompiles_or_raises_by_option():
         strict.loss_and_grads(plate_model, mu_guide, torch.ones(4))
 
 
-def test_state_outside_the_param_store_falls_back_to_eager_exactly():
+def test_pyro_module_networks_are_compiled_and_keep_their_own_parameters():
     (case,) = [c for c in CASES if c.name == "pyro_module_amortized"]
+    pyro.clear_param_store()
+    model, guide, args = case.build()
+    elbo = JitTrace_ELBO(backend="eager")
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    for _ in range(3):
+        svi.step(*args)
+    assert compiled_step(elbo).graphs
+    encoder = guide.__closure__[0].cell_contents  # the nn.Linear the guide registers
+    store = pyro.get_param_store()
+    assert encoder.weight is store._params["encoder$$$weight"]
+    assert type(encoder.weight) is torch.nn.Parameter  # not a traced stand-in
+
+
+def test_state_outside_the_param_store_falls_back_to_eager_exactly():
+    """A network registered through a reference to pyro.module taken before tracing
+    keeps its own weights in the trace: the check against the eager step catches it."""
+    register = pyro.module
+    torch.manual_seed(3)
+    net = torch.nn.Linear(1, 1)
+    x = torch.tensor([0.3, -0.4, 1.2])
+
+    def model(x):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide(x):
+        register("net", net)
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(net(x.unsqueeze(-1)).squeeze(-1), 1.0))
+
+    case = types.SimpleNamespace(build=lambda: (model, guide, (x,)))
     elbo = JitTrace_ELBO(backend="eager")
     with pytest.warns(RuntimeWarning, match="disagrees with the eager step"):
         ours = run_svi(elbo, case)
+    torch.manual_seed(3)
+    net.load_state_dict(torch.nn.Linear(1, 1).state_dict())
     assert_same_run(ours, run_svi(Trace_ELBO(), case))
 
 

@@ -58,6 +58,28 @@ def _params_bound_to(names: list[str], values: list[torch.Tensor]):
         pyro.enable_validation(validating)
 
 
+@contextmanager
+def _modules_follow_the_store():
+    """While tracing, ``pyro.module`` networks compute with the param store's values (the
+    graph's inputs): ``update_module_params=True`` for the trace; every module's own
+    parameters are put back afterwards."""
+    original = pyro.module
+    touched: list = []
+
+    def module(name, nn_module, update_module_params=False):
+        touched.extend((sub, dict(sub._parameters)) for sub in nn_module.modules())
+        return original(name, nn_module, update_module_params=True)
+
+    pyro.module = module
+    try:
+        yield
+    finally:
+        pyro.module = original
+        for sub, params in reversed(touched):
+            sub._parameters.clear()
+            sub._parameters.update(params)
+
+
 class CompiledLossAndGrads:
     """``(model, guide, args, kwargs) -> (loss, params)`` like ``ELBO._loss_and_grads``,
     compiled after a first eager call.
@@ -96,7 +118,7 @@ class CompiledLossAndGrads:
             call_args = list(args)
             for slot, value in zip(tensor_slots, tensors, strict=True):
                 call_args[slot] = value
-            with _params_bound_to(names, params):
+            with _params_bound_to(names, params), _modules_follow_the_store():
                 loss, surrogate = elbo._objective(model, guide, tuple(call_args), kwargs)
                 grads = torch.autograd.grad(-surrogate, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g
