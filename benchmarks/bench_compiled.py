@@ -35,6 +35,7 @@ import pyro_svi_ext
 
 BENCHES = {  # label: (build, estimator, kwargs)
     "Trace_ELBO: blr N=1000 D=10": (models.blr, "Trace_ELBO", {}),
+    "Trace_ELBO: amortized MLP guide, batch 128": (models.amortized_mlp, "Trace_ELBO", {}),
     "TraceEnum_ELBO: GMM K=3 N=500": (models.gmm_enum, "TraceEnum_ELBO",
                                       {"max_plate_nesting": 1}),
     "TraceEnum_ELBO: HMM K=4 T=100": (models.hmm_enum, "TraceEnum_ELBO",

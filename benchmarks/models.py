@@ -156,3 +156,27 @@ def hmm_enum(k: int = 4, t: int = 100):
         pass
 
     return model, guide, (data,)
+
+
+def amortized_mlp(batch: int = 128, d: int = 10, latent: int = 2):
+    """A VAE-style model: per-datum latents, an MLP encoder guide (``pyro.module``)."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(batch, d, generator=g)
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.Tanh(),
+                                  torch.nn.Linear(32, 2 * latent))
+
+    def model(data):
+        weight = pyro.param("decoder_weight", 0.1 * torch.ones(latent, d))
+        with pyro.plate("data", data.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(latent), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ weight, 1.0).to_event(1), obs=data)
+
+    def guide(data):
+        pyro.module("encoder", encoder)
+        out = encoder(data)
+        loc, scale = out[:, :latent], torch.nn.functional.softplus(out[:, latent:])
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    return model, guide, (data,)
