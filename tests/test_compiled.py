@@ -28,7 +28,7 @@ EAGER_OF = {JitTrace_ELBO: Trace_ELBO, JitTraceEnum_ELBO: TraceEnum_ELBO,
 COMPILABLE = [(JitTrace_ELBO, c) for c in CASES if c.name in {
     "single_site", "to_event", "plate", "nested_plates", "subsampled_plate", "mask",
     "poutine_scale", "nonreparam_in_plate", "num_particles_4", "vectorized_particles",
-    "pyro_module_amortized"}] + [
+    "pyro_module_amortized", "auto_normal", "auto_delta"}] + [
     (JitTraceEnum_ELBO, c) for c in ENUM_CASES if c.name in {
         "gmm_model_enum", "gmm_guide_enum_sequential", "nested_enum_two_levels",
         "hmm_markov_T50", "enum_mixed_vectorized"}]

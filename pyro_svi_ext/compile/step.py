@@ -80,6 +80,33 @@ def _modules_follow_the_store():
             sub._parameters.update(params)
 
 
+@contextmanager
+def _pyro_modules_bound_to(callables, names: list[str], values: list[torch.Tensor]):
+    """While tracing, ``PyroModule`` params (autoguides) hold the bound values, so the
+    module reads them from the param store without rewriting it; restored afterwards."""
+    bound = dict(zip(names, values, strict=True))
+    saved: list = []
+    for fn in callables:
+        if not isinstance(fn, torch.nn.Module):
+            continue
+        for sub in fn.modules():
+            pyro_params = sub.__dict__.get("_pyro_params")
+            context = sub.__dict__.get("_pyro_context")
+            if not pyro_params or context is None or not context.used:
+                continue
+            for name in pyro_params:
+                value = bound.get(sub._pyro_get_fullname(name))
+                key = name + "_unconstrained"
+                if value is not None and key in sub._parameters:
+                    saved.append((sub, key, sub._parameters[key]))
+                    sub._parameters[key] = value
+    try:
+        yield
+    finally:
+        for sub, key, original in reversed(saved):
+            sub._parameters[key] = original
+
+
 class CompiledLossAndGrads:
     """``(model, guide, args, kwargs) -> (loss, params)`` like ``ELBO._loss_and_grads``,
     compiled after a first eager call.
@@ -118,7 +145,8 @@ class CompiledLossAndGrads:
             call_args = list(args)
             for slot, value in zip(tensor_slots, tensors, strict=True):
                 call_args[slot] = value
-            with _params_bound_to(names, params), _modules_follow_the_store():
+            with _params_bound_to(names, params), _modules_follow_the_store(), \
+                    _pyro_modules_bound_to((model, guide), names, params):
                 loss, surrogate = elbo._objective(model, guide, tuple(call_args), kwargs)
                 grads = torch.autograd.grad(-surrogate, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g
