@@ -77,15 +77,3 @@ def finish_pair(guide_run: SiteRecorder, model_run: SiteRecorder, ret: Any,
 def vectorize_particles(fn: Callable, num_particles: int, dim: int) -> Callable:
     """Wrap ``fn`` in an outermost ``pyro.plate`` of ``num_particles`` at ``dim`` (< 0)."""
     return pyro.plate("num_particles_vectorized", num_particles, dim=dim)(fn)
-
-
-def guess_max_plate_nesting(pair: TracePair) -> int:
-    """Deepest vectorized plate dim seen in either side of ``pair`` (0 when none)."""
-    dims = [
-        -f.dim
-        for sites in (pair.model, pair.guide)
-        for s in sites.values()
-        for f in s.frames
-        if f.dim is not None
-    ]
-    return max(dims, default=0)
