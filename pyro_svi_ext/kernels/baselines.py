@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from pyro_svi_ext.kernels.elbo_terms import sum_out_dims
+
 
 def decayed_average(average: torch.Tensor, cost: torch.Tensor, beta: float) -> torch.Tensor:
     """Exponential moving average ``beta * average + (1 - beta) * cost``, no gradient."""
@@ -29,9 +31,7 @@ def reduce_costs(terms: list[tuple[torch.Tensor, list[int]]]) -> torch.Tensor:
     """
     total = None
     for value, dims in terms:
-        present = [d for d in dims if -value.dim() <= d]
-        if present:
-            value = value.sum(present, keepdim=True)
+        value = sum_out_dims(value, dims)
         while value.dim() and value.shape[0] == 1:
             value = value.squeeze(0)
         total = value if total is None else total + value

@@ -8,7 +8,6 @@ dim recycled by ``pyro.markov`` still names the right variable).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 import pyro.poutine as poutine
@@ -102,6 +101,3 @@ def guess_enum_plate_nesting(model: Callable, guide: Callable, args: tuple,
             for f in s.frames if f.dim is not None]
     return max(dims, default=0)
 
-
-def log_num_samples(site: Site) -> float:
-    return math.log(site.infer["num_samples"])

@@ -8,18 +8,22 @@ import pyro.poutine as poutine
 import torch
 
 
+def _guided_traces(model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *args, **kwargs)
+    return model_trace, guide_trace
+
+
 def posterior_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict):
     """A model trace with latent values drawn from ``guide`` (a ``pyro.poutine.Trace``,
     so pyro's own utilities can read it)."""
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return _guided_traces(model, guide, args, kwargs)[0]
 
 
 def weighted_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict):
     """``(model trace, log p - log q)`` for one draw from ``guide`` (a scalar tensor)."""
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        *args, **kwargs)
+    model_trace, guide_trace = _guided_traces(model, guide, args, kwargs)
     return model_trace, model_trace.log_prob_sum() - guide_trace.log_prob_sum()
 
 
