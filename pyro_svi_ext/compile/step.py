@@ -1,25 +1,43 @@
-"""Trace an ELBO's loss and gradients once, run the compiled graph on later steps.
+"""Trace an ELBO's step once, run the compiled graph on later steps.
 
-The traced function takes the unconstrained params (in a fixed order) and the tensor
-arguments, and returns ``(loss, *grads)``. It is traced with fake tensors, so a model
-whose Python control flow depends on tensor *values* cannot be traced: that is detected
-at trace time and the step falls back to the eager estimator (or raises, by option).
-A cheap guard on every call compares param and argument shapes, dtypes and devices
-(and the non-tensor arguments) with those the graph was traced for.
+Two graphs can be traced from the same estimator:
+
+- *loss and gradients*: inputs ``(*params, *arg_tensors)``, outputs ``(loss, *grads)``;
+  used by ``ELBO.loss_and_grads`` and by :class:`~pyro_svi_ext.SVI` with an optimizer
+  that has no compiled update.
+- *the whole SVI step*: inputs ``(*params, *optimizer_state, *arg_tensors)``, outputs
+  ``(loss, *grads, *new_params, *new_optimizer_state)``; the new values are copied back
+  into the param store's tensors and the optimizer's own state tensors. Updates are
+  masked by ``isfinite(loss)``: a step with a non-finite loss changes nothing.
+
+Both are traced with fake tensors, so a model whose Python control flow depends on
+tensor *values* cannot be traced: that is detected at trace time and the step falls
+back to the eager estimator (or raises, by option). A cheap guard on every call
+compares param and argument shapes, dtypes and devices (and the non-tensor arguments)
+with those the graph was traced for.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pyro
+import pyro.optim
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_svi_ext.compile.backends import get_backend
+from pyro_svi_ext.compile.optim_plan import OptimPlan, unsupported_reason
+from pyro_svi_ext.compile.tracing import (
+    Untraceable,
+    modules_follow_the_store,
+    params_bound_to,
+    pyro_modules_bound_to,
+)
 from pyro_svi_ext.errors import NonFiniteLossError
 
 
@@ -29,89 +47,43 @@ class StructureChangedError(RuntimeError):
 
 
 def _signature(t: torch.Tensor) -> tuple:
-    return (tuple(t.shape), t.dtype, t.device)
+    return (t.shape, t.dtype, t.device)
 
 
-@contextmanager
-def _params_bound_to(names: list[str], values: list[torch.Tensor]):
-    """The param store serves ``values`` for ``names`` (and is restored afterwards,
-    including anything written to it meanwhile); distribution validation is off."""
-    store = pyro.get_param_store()
-    saved = dict(store._params)
-    saved_names = dict(store._param_to_name)
-    validating = pyro.poutine.util.is_validation_enabled()
-    pyro.enable_validation(False)
-    try:
-        for name, value in zip(names, values, strict=True):
-            store._params[name] = value
-        bound = dict(store._params)
-        yield
-        if store._params.keys() != bound.keys() or any(
-                store._params[n] is not v for n, v in bound.items()):
-            raise _Untraceable("the step writes pyro's param store (e.g. a decaying-average "
-                               "baseline or a new param), which a compiled graph cannot do")
-    finally:
-        store._params.clear()
-        store._params.update(saved)
-        store._param_to_name.clear()
-        store._param_to_name.update(saved_names)
-        pyro.enable_validation(validating)
+def _writing_in_place(gm: torch.fx.GraphModule, n_grads: int,
+                      targets: list[int]) -> torch.fx.GraphModule:
+    """``gm`` (outputs ``(loss, *grads, *new_values)``) rewritten to copy each new value
+    into its input ``targets[i]`` in place and to output ``(loss,)`` only; the gradients
+    it no longer returns are fused into the update by the backend."""
+    graph = torch.fx.Graph()
+    outputs = graph.graph_copy(gm.graph, {})
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    loss, new_values = outputs[0], outputs[1 + n_grads:]
+    for at, value in zip(targets, new_values, strict=True):
+        graph.call_function(torch.ops.aten.copy_.default, (placeholders[at], value))
+    graph.output((loss,))
+    graph.eliminate_dead_code()
+    return torch.fx.GraphModule(gm, graph)
 
 
-@contextmanager
-def _modules_follow_the_store():
-    """While tracing, ``pyro.module`` networks compute with the param store's values (the
-    graph's inputs): ``update_module_params=True`` for the trace; every module's own
-    parameters are put back afterwards."""
-    original = pyro.module
-    touched: list = []
+@dataclass
+class _Graph:
+    """A compiled graph, where its tensor arguments sit in ``args``, and which params
+    got a gradient when it was traced."""
 
-    def module(name, nn_module, update_module_params=False):
-        touched.extend((sub, dict(sub._parameters)) for sub in nn_module.modules())
-        return original(name, nn_module, update_module_params=True)
-
-    pyro.module = module
-    try:
-        yield
-    finally:
-        pyro.module = original
-        for sub, params in reversed(touched):
-            sub._parameters.clear()
-            sub._parameters.update(params)
-
-
-@contextmanager
-def _pyro_modules_bound_to(callables, names: list[str], values: list[torch.Tensor]):
-    """While tracing, ``PyroModule`` params (autoguides) hold the bound values, so the
-    module reads them from the param store without rewriting it; restored afterwards."""
-    bound = dict(zip(names, values, strict=True))
-    saved: list = []
-    for fn in callables:
-        if not isinstance(fn, torch.nn.Module):
-            continue
-        for sub in fn.modules():
-            pyro_params = sub.__dict__.get("_pyro_params")
-            context = sub.__dict__.get("_pyro_context")
-            if not pyro_params or context is None or not context.used:
-                continue
-            for name in pyro_params:
-                value = bound.get(sub._pyro_get_fullname(name))
-                key = name + "_unconstrained"
-                if value is not None and key in sub._parameters:
-                    saved.append((sub, key, sub._parameters[key]))
-                    sub._parameters[key] = value
-    try:
-        yield
-    finally:
-        for sub, key, original in reversed(saved):
-            sub._parameters[key] = original
+    run: Callable
+    arg_slots: list[int]
+    had_grad: list[bool]
+    reference: torch.fx.GraphModule  # the traced graph, functional, all outputs
+    in_place: bool  # ``run`` writes the new values into its inputs, returns ``(loss,)``
 
 
 class CompiledLossAndGrads:
     """``(model, guide, args, kwargs) -> (loss, params)`` like ``ELBO._loss_and_grads``,
-    compiled after a first eager call.
+    compiled after a first eager call; :meth:`svi_step` runs a whole SVI step.
 
-    :param elbo: the estimator (its ``_pairs``, ``_mean_elbo``, ``_mean_surrogate``).
+    :param elbo: the estimator (its ``_objective``, ``_pairs``, ``_check_finite``).
+    :param eager: the eager ``_loss_and_grads`` (first call and fallback).
     :param backend: backend name (``"eager"``, ``"jit"``, ``"inductor"`` or a plugin's).
     :param on_change: ``"recompile"`` (keep up to ``cache_size`` graphs) or ``"raise"``
         (:class:`StructureChangedError` naming what changed).
@@ -133,79 +105,163 @@ class CompiledLossAndGrads:
         self.graphs: OrderedDict = OrderedDict()
         self.param_names: list[str] | None = None
         self.dynamic_reason: str | None = None
+        #: why the optimizer update runs eagerly (None while it is compiled)
+        self.optim_reason: str | None = None
         self.compiles = 0
+        self._plan: OptimPlan | None = None
+        self._refused: tuple | None = None  # (optim, reason) for a permanent refusal
 
     # --- tracing ----------------------------------------------------------------------
-    def _traced(self, model, guide, kwargs, tensor_slots, args):
+    def _traced(self, model, guide, kwargs, arg_slots, args, plan, had_grad: list):
         names = self.param_names
         elbo = self.elbo
+        n = len(names)
+        n_state = len(plan.inputs) if plan is not None else 0
+        written_at = plan.written_at if plan is not None else []
 
         def step(*flat):
-            params, tensors = list(flat[:len(names)]), flat[len(names):]
+            params, state = list(flat[:n]), list(flat[n:n + n_state])
             call_args = list(args)
-            for slot, value in zip(tensor_slots, tensors, strict=True):
+            for slot, value in zip(arg_slots, flat[n + n_state:], strict=True):
                 call_args[slot] = value
-            with _params_bound_to(names, params), _modules_follow_the_store(), \
-                    _pyro_modules_bound_to((model, guide), names, params):
+            with params_bound_to(names, params), modules_follow_the_store(), \
+                    pyro_modules_bound_to((model, guide), names, params):
                 loss, surrogate = elbo._objective(model, guide, tuple(call_args), kwargs)
-                grads = torch.autograd.grad(-surrogate, params, allow_unused=True)
+                raw = torch.autograd.grad(-surrogate, params, allow_unused=True)
+            had_grad[:] = [g is not None for g in raw]
             grads = [torch.zeros_like(p) if g is None else g
-                     for p, g in zip(params, grads, strict=True)]
-            return (loss, *grads)
+                     for p, g in zip(params, raw, strict=True)]
+            if plan is None:
+                return (loss, *grads)
+            with torch.no_grad():
+                old = [p.detach() for p in params] + [state[i] for i in written_at]
+                new_params, new_state = plan.update(old[:n], list(raw), state)
+                finite = torch.isfinite(loss)
+                new = [torch.where(finite, a, b)
+                       for a, b in zip(new_params + new_state, old, strict=True)]
+            return (loss, *grads, *new)
 
         return step
 
-    def _key(self, params, args, kwargs):
+    def _key(self, params, args, kwargs, plan):
         return (tuple(_signature(p) for p in params),
                 tuple(_signature(a) if torch.is_tensor(a) else ("value", repr(a)) for a in args),
-                repr(sorted(kwargs.items())))
+                repr(sorted(kwargs.items())) if kwargs else "",
+                None if plan is None else plan.key)
 
-    def _compile(self, model, guide, params, args, kwargs):
+    def _compile(self, model, guide, params, args, kwargs, plan) -> _Graph:
         slots = [i for i, a in enumerate(args) if torch.is_tensor(a)]
-        inputs = [p.detach().requires_grad_() for p in params] + [args[i] for i in slots]
-        fn = self._traced(model, guide, kwargs, slots, args)
+        state = plan.inputs if plan is not None else []
+        inputs = ([p.detach().requires_grad_() for p in params] + list(state)
+                  + [args[i] for i in slots])
+        had_grad: list[bool] = []
+        fn = self._traced(model, guide, kwargs, slots, args, plan, had_grad)
         try:
             with torch.random.fork_rng():
                 gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
-        except _Untraceable:
+        except Untraceable:
             raise
         except Exception as err:  # the model cannot be traced statically
-            raise _Untraceable(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+            raise Untraceable(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
         self.compiles += 1
+        production = gm
+        if plan is not None:
+            n = len(params)
+            production = _writing_in_place(gm, n, list(range(n)) +
+                                           [n + i for i in plan.written_at])
         try:
-            return self.backend.compile(gm, inputs), slots
+            return _Graph(self.backend.compile(production, inputs), slots, had_grad, gm,
+                          plan is not None)
         except NotImplementedError as err:
-            raise _Untraceable(f"backend {self.backend.name!r}: {err}") from err
+            raise Untraceable(f"backend {self.backend.name!r}: {err}") from err
 
-    def _verify(self, compiled, model, guide, params, args, kwargs, slots):
-        """Run the new graph and the eager objective on the same random draws; a
-        disagreement (state the trace could not see, e.g. module weights outside the
-        param store) makes the model untraceable. Returns the graph's outputs."""
+    def _verify(self, graph: _Graph, inputs, targets, model, guide, params, args, kwargs):
+        """Run the traced graph op by op, the compiled graph (on copies of what it
+        writes) and the eager objective, all on the same random draws. A disagreement
+        (state the trace could not see, e.g. module weights outside the param store, or
+        a backend's error) makes the model untraceable. Returns the traced graph's
+        outputs ``(loss, *grads, *new_values)``."""
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
         start = (torch.get_rng_state(),
                  [torch.cuda.get_rng_state(d) for d in devices])
         try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                outputs = compiled(*params, *[args[i] for i in slots])
+            with torch.no_grad():
+                with torch.random.fork_rng(devices=devices):
+                    reference = graph.reference(*inputs)
+                copies = {id(t): t.clone() for t in targets} if graph.in_place else {}
+                with torch.random.fork_rng(devices=devices):
+                    compiled = graph.run(*[copies.get(id(t), t) for t in inputs])
         except Exception as err:  # a backend that compiles lazily fails here
-            raise _Untraceable(f"backend {self.backend.name!r} failed: "
-                               f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+            raise Untraceable(f"backend {self.backend.name!r} failed: "
+                              f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
         with torch.enable_grad():
             loss, surrogate = self.elbo._objective(model, guide, args, kwargs)
             eager = torch.autograd.grad(-surrogate, params, allow_unused=True)
-        close = bool(torch.isclose(outputs[0].detach(), loss.detach().to(outputs[0].dtype),
-                                   rtol=1e-4, atol=1e-5).all())
-        for got, want, p in zip(outputs[1:], eager, params, strict=True):
-            want = torch.zeros_like(p) if want is None else want
-            close = close and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
-        if not close:  # leave the random state as it was: the eager fallback redraws
+        eager = [torch.zeros_like(p) if g is None else g for p, g in zip(params, eager,
+                                                                        strict=True)]
+        n = len(params)
+        pairs = list(zip([loss.detach(), *eager], reference[:1 + n], strict=True))
+        if graph.in_place:
+            pairs.append((reference[0], compiled[0]))
+            pairs.extend(zip(reference[1 + n:], [copies[id(t)] for t in targets],
+                             strict=True))
+        else:
+            pairs.extend(zip(reference, compiled, strict=True))
+        if not all(torch.allclose(got.to(want.dtype), want, rtol=1e-4, atol=1e-5,
+                                  equal_nan=True) for want, got in pairs):
+            # leave the random state as it was: the eager fallback redraws
             torch.set_rng_state(start[0])
             for d, state in zip(devices, start[1], strict=True):
                 torch.cuda.set_rng_state(state, d)
-            raise _Untraceable("the compiled graph disagrees with the eager step (the model "
-                               "uses state outside pyro.param, e.g. weights of a module "
-                               "registered with pyro.module)")
-        return outputs
+            raise Untraceable("the compiled graph disagrees with the eager step (the model "
+                              "uses state outside pyro.param, e.g. weights of a module "
+                              "registered with pyro.module, or the backend is inexact)")
+        return reference
+
+    def _run(self, model, guide, params, args, kwargs, plan):
+        """The graph's outputs for this call (compiling and verifying a new graph), or
+        None after falling back to eager for good (``self.dynamic_reason`` set)."""
+        key = self._key(params, args, kwargs, plan)
+        graph = self.graphs.get(key)
+        state = plan.inputs if plan is not None else []
+        if graph is not None:
+            self.graphs.move_to_end(key)
+            with torch.no_grad():  # the graph computes its gradients itself
+                return graph, graph.run(*params, *state, *[args[i] for i in graph.arg_slots])
+        if self.graphs and self.on_change == "raise":
+            raise StructureChangedError(self._describe_change(key))
+        try:
+            graph = self._compile(model, guide, params, args, kwargs, plan)
+            inputs = [*params, *state, *[args[i] for i in graph.arg_slots]]
+            targets = params + plan.written if plan is not None else []
+            outputs = self._verify(graph, inputs, targets, model, guide, params, args,
+                                   kwargs)
+            if plan is not None:  # commit the reference step's new values
+                with torch.no_grad():
+                    torch._foreach_copy_(targets, list(outputs[1 + len(params):]))
+        except Untraceable as why:
+            self._give_up(str(why))
+            return None, None
+        self.graphs[key] = graph
+        while len(self.graphs) > self.cache_size:
+            self.graphs.popitem(last=False)
+        return graph, outputs
+
+    def _store_params(self) -> list[torch.Tensor]:
+        params = pyro.get_param_store()._params
+        try:
+            return [params[n] for n in self.param_names]
+        except KeyError as missing:
+            raise StructureChangedError(f"param {missing} left the param store since the "
+                                        "step was compiled") from None
+
+    def _checked_loss(self, loss: torch.Tensor, model, guide, args, kwargs) -> float:
+        value = float(loss)
+        if not math.isfinite(value) and pyro.poutine.util.is_validation_enabled():
+            # name the sites: one eager evaluation, nothing modified
+            self.elbo._check_finite(value, self.elbo._pairs(model, guide, args, kwargs))
+            raise NonFiniteLossError(value, [])
+        return value
 
     # --- calling ----------------------------------------------------------------------
     def __call__(self, model, guide, args: tuple, kwargs: dict):
@@ -214,64 +270,75 @@ class CompiledLossAndGrads:
             if self.param_names is None:
                 self.param_names = sorted(params)
             return loss, params
-        store = pyro.get_param_store()
-        try:
-            params = [store._params[n] for n in self.param_names]
-        except KeyError as missing:
-            raise StructureChangedError(f"param {missing} left the param store since the "
-                                        "step was compiled") from None
-        key = self._key(params, args, kwargs)
-        entry = self.graphs.get(key)
-        if entry is None:
-            if self.graphs and self.on_change == "raise":
-                raise StructureChangedError(self._describe_change(key))
-            try:
-                entry = self._compile(model, guide, params, args, kwargs)
-                outputs = self._verify(*entry[:1], model, guide, params, args, kwargs,
-                                       entry[1])
-            except _Untraceable as why:
-                return self._go_eager(str(why), model, guide, args, kwargs)
-            self.graphs[key] = entry
-            while len(self.graphs) > self.cache_size:
-                self.graphs.popitem(last=False)
-        else:
-            compiled, slots = entry
-            with torch.no_grad():  # the graph computes its gradients itself
-                outputs = compiled(*params, *[args[i] for i in slots])
-        self.graphs.move_to_end(key)
-        loss, *grads = outputs
-        value = float(loss.detach())
-        if value != value or value in (float("inf"), float("-inf")):
-            if pyro.poutine.util.is_validation_enabled():
-                # name the sites: one eager evaluation, nothing modified
-                pairs = self.elbo._pairs(model, guide, args, kwargs)
-                self.elbo._check_finite(value, pairs)
-                raise NonFiniteLossError(value, [])
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g if p.grad is None else p.grad + g
+        params = self._store_params()
+        graph, outputs = self._run(model, guide, params, args, kwargs, None)
+        if graph is None:
+            return self.eager(model, guide, args, kwargs)
+        value = self._checked_loss(outputs[0], model, guide, args, kwargs)
+        for p, g, used in zip(params, outputs[1:], graph.had_grad, strict=True):
+            if used:
+                p.grad = g if p.grad is None else p.grad + g
         return value, dict(zip(self.param_names, params, strict=True))
 
-    def _go_eager(self, reason: str, model, guide, args, kwargs):
+    def svi_step(self, model, guide, optim: pyro.optim.PyroOptim, args: tuple,
+                 kwargs: dict) -> float | None:
+        """One whole SVI step (loss, gradients and ``optim``'s update in one graph);
+        returns the loss, or None when this step must run the eager way (first call,
+        an untraceable model, or an optimizer without a compiled update: see
+        :attr:`optim_reason`)."""
+        if self.param_names is None or self.dynamic_reason is not None:
+            return None
+        params = self._store_params()
+        plan = self._plan
+        if plan is None or not plan.current(optim, params):
+            plan = self._plan = self._new_plan(optim, params)
+            if plan is None:
+                return None
+        graph, outputs = self._run(model, guide, params, args, kwargs, plan)
+        if graph is None:
+            return None
+        value = self._checked_loss(outputs[0], model, guide, args, kwargs)
+        if math.isfinite(value):
+            plan.after_step(graph.had_grad)
+        return value
+
+    def _new_plan(self, optim, params) -> OptimPlan | None:
+        if self._refused is not None and self._refused[0] is optim:
+            return None
+        reason = unsupported_reason(optim, params)
+        self.optim_reason = reason
+        if reason is None:
+            return OptimPlan(optim, params)
+        if "not" not in reason:  # permanent (type or options), not "not stepped yet"
+            self._refused = (optim, reason)
+        return None
+
+    def _give_up(self, reason: str) -> None:
         if self.on_dynamic == "raise":
             raise StructureChangedError(f"the model cannot be compiled: {reason}")
         self.dynamic_reason = reason
         warnings.warn(f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
-                      f"compiled ({reason})", RuntimeWarning, stacklevel=4)
-        return self.eager(model, guide, args, kwargs)
+                      f"compiled ({reason})", RuntimeWarning, stacklevel=5)
 
     def _describe_change(self, key) -> str:
-        (old_params, old_args, old_kwargs), = [k for k in list(self.graphs)[-1:]]
-        new_params, new_args, new_kwargs = key
+        old_params, old_args, old_kwargs, _ = next(reversed(self.graphs))
+        new_params, new_args, new_kwargs, _ = key
         for what, old, new in (("param", old_params, new_params), ("argument", old_args,
                                                                     new_args)):
             for i, (a, b) in enumerate(zip(old, new, strict=False)):
                 if a != b:
                     name = self.param_names[i] if what == "param" else f"#{i}"
-                    return f"{what} {name} changed from {a} to {b} since the step was compiled"
+                    return (f"{what} {name} changed from {_show(a)} to {_show(b)} since the "
+                            "step was compiled")
             if len(old) != len(new):
                 return f"number of {what}s changed from {len(old)} to {len(new)}"
-        return f"keyword arguments changed from {old_kwargs} to {new_kwargs}"
+        if old_kwargs != new_kwargs:
+            return f"keyword arguments changed from {old_kwargs} to {new_kwargs}"
+        return "the optimizer's hyper-parameters or state layout changed"
 
 
-class _Untraceable(Exception):  # noqa: N818
-    pass
+def _show(signature: tuple) -> str:
+    if signature[0] == "value":
+        return signature[1]
+    shape, dtype, device = signature
+    return f"({tuple(shape)}, {dtype}, {device})"

@@ -54,6 +54,13 @@ class _Compiled:
                                                            **self._options)
         return step(model, guide, args, kwargs)
 
+    def _svi_step(self, model, guide, optim, args, kwargs) -> float | None:
+        """A whole compiled SVI step (see
+        :meth:`~pyro_svi_ext.compile.CompiledLossAndGrads.svi_step`); None when the step
+        must run the eager way."""
+        step = self._steps.get((id(model), id(guide)))
+        return None if step is None else step.svi_step(model, guide, optim, args, kwargs)
+
 
 class JitTrace_ELBO(_Compiled, Trace_ELBO):
     """:class:`Trace_ELBO` with a compiled ``loss_and_grads``."""

@@ -82,6 +82,9 @@ class SVI(TracePosterior):
             is ELBO.loss_and_grads
             else None
         )
+        # a compiled estimator can run the whole step, optimizer update included
+        self._whole_step = (getattr(loss, "_svi_step", None)
+                            if self._tracked_step is not None else None)
         if hasattr(loss, "loss") and hasattr(loss, "loss_and_grads"):
             self.loss = loss.loss
             self.loss_and_grads = loss.loss_and_grads
@@ -104,6 +107,10 @@ class SVI(TracePosterior):
     def step(self, *args, **kwargs) -> float:
         """One gradient step; returns the loss estimate (float) before the step."""
         store = pyro.get_param_store()
+        if self._whole_step is not None:
+            value = self._whole_step(self.model, self.guide, self.optim, args, kwargs)
+            if value is not None:
+                return value
         names_before = set(store.keys())
         try:
             loss, params = self._run_loss_and_grads(args, kwargs)

@@ -1,0 +1,191 @@
+"""The host side of running a ``pyro.optim.PyroOptim``'s update inside a compiled step.
+
+A :class:`PyroOptim` keeps one torch optimizer per parameter. An :class:`OptimPlan` reads
+each one's hyper-parameters and state tensors (``exp_avg``, ``step``, ...) and lays them
+out as graph inputs; the traced step computes the new values with
+:mod:`pyro_svi_ext.kernels.optim_updates` and the step copies them back into the very
+same state tensors, so ``optim.get_state()``, ``save``/``load`` and a later eager step
+see every update.
+
+Supported: ``torch.optim.Adam``, ``AdamW`` and ``SGD`` (through ``pyro.optim.Adam`` /
+``AdamW`` / ``SGD``) and Pyro's ``ClippedAdam``, with per-parameter arguments. Anything
+else (other optimizers, ``amsgrad``, ``fused``/``capturable``, gradient clipping
+arguments, LR schedulers, a tensor ``lr``) makes :func:`unsupported_reason` say why, and
+the step keeps the eager update.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import pyro.optim
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+
+from pyro_svi_ext.kernels.optim_updates import adam_update, clipped_adam_update, sgd_update
+
+_KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd",
+          ClippedAdam: "clipped_adam"}
+# group entries that must keep their value for a compiled update to stay valid ("lr" is
+# an input of the graph, refreshed when it changes)
+_STATIC = {
+    "adam": ("betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
+    "clipped_adam": ("betas", "eps", "weight_decay", "clip_norm", "lrd",
+                     "centered_variance"),
+    "sgd": ("momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+}
+_REFUSED = ("amsgrad", "fused", "capturable", "differentiable")
+
+
+def unsupported_reason(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> str | None:
+    """Why ``optim``'s update for ``params`` cannot run inside a compiled step, or None."""
+    if type(optim) is not pyro.optim.PyroOptim:
+        return f"{type(optim).__name__} (LR schedulers step on the host)"
+    kind = _KINDS.get(optim.pt_optim_constructor)
+    if kind is None:
+        return f"optimizer {optim.pt_optim_constructor.__name__} has no compiled update"
+    for p in params:
+        optimizer = optim.optim_objs.get(p)
+        if optimizer is None:
+            return "a param has not been stepped yet"
+        if optim.grad_clip.get(p) is not None:
+            return "gradient clipping arguments (clip_args)"
+        (group,) = optimizer.param_groups
+        if any(group.get(k) for k in _REFUSED):
+            return f"optimizer options {[k for k in _REFUSED if group.get(k)]}"
+        if not isinstance(group["lr"], float | int):
+            return "a tensor learning rate"
+        state = optimizer.state.get(p)
+        if not state or (kind == "sgd" and group["momentum"] != 0
+                         and state.get("momentum_buffer") is None):
+            return "optimizer state not initialized"
+    return None
+
+
+class _Slot:
+    """One param's optimizer, its static hyper-parameters and its state tensors, all of
+    which the update rewrites (the learning rate is the plan's, shared between params)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, p: torch.Tensor, kind: str):
+        self.optimizer = optimizer
+        self.kind = kind
+        (self.group,) = optimizer.param_groups
+        self.state = optimizer.state[p]
+        keys = [k for k in _STATIC[kind] if k in self.group]
+        self._static_of = operator.itemgetter(*keys)
+        self.static = dict(zip(keys, self._static_of(self.group), strict=True))
+        state = self.state
+        if kind == "adam":
+            if state["step"].device != p.device:  # step counts live beside their param
+                state["step"] = state["step"].to(p.device)
+            self.inputs = [state["exp_avg"], state["exp_avg_sq"], state["step"]]
+        elif kind == "clipped_adam":  # pyro keeps an int step: a shadow count on device
+            self.count = state["step"]
+            step = torch.tensor(float(self.count), dtype=torch.float64, device=p.device)
+            self.inputs = [state["exp_avg"], state["exp_avg_sq"], step]
+        else:
+            buffer = state.get("momentum_buffer") if self.group["momentum"] != 0 else None
+            self.inputs = [] if buffer is None else [buffer]
+        self.frozen = tuple(sorted(self.static.items()))
+
+    def current(self, optim: pyro.optim.PyroOptim, p: torch.Tensor, lr: float) -> bool:
+        """Whether this slot still describes ``p``'s optimizer (learning rate ``lr``)."""
+        optimizer = self.optimizer
+        group = self.group
+        return (optim.optim_objs.get(p) is optimizer and optimizer.state.get(p) is self.state
+                and group["lr"] == lr
+                and self._static_of(group) == self._static_of(self.static)
+                and (self.kind != "clipped_adam" or self.state["step"] == self.count))
+
+    def update(self, p, grad, inputs: list, lr) -> tuple:
+        """Traced: ``(new param, new state inputs)`` for this step's learning rate
+        ``lr``; a param without a gradient keeps its values (its eager optimizer skips
+        it)."""
+        if grad is None:
+            return p, inputs
+        h = self.static
+        if self.kind == "sgd":
+            new_p, buffer = sgd_update(
+                p, grad, inputs[0] if inputs else None, lr, momentum=h["momentum"],
+                dampening=h["dampening"], weight_decay=h["weight_decay"],
+                nesterov=bool(h["nesterov"]), maximize=bool(h.get("maximize", False)))
+            return new_p, [buffer] if inputs else []
+        (beta1, beta2), common = h["betas"], {"eps": h["eps"], "weight_decay": h["weight_decay"]}
+        if self.kind == "adam":
+            new = adam_update(p, grad, *inputs, lr, beta1=beta1, beta2=beta2, **common,
+                              decoupled_weight_decay=bool(h.get("decoupled_weight_decay")),
+                              maximize=bool(h.get("maximize", False)))
+        else:
+            new = clipped_adam_update(p, grad, *inputs, lr, beta1=beta1, beta2=beta2, **common,
+                                      clip_norm=h["clip_norm"],
+                                      centered_variance=bool(h.get("centered_variance")))
+        return new[0], list(new[1:])
+
+
+class OptimPlan:
+    """Graph inputs and traced update for ``optim``'s step of ``params`` (which must
+    pass :func:`unsupported_reason`).
+
+    Inputs: every slot's state tensors, then one float64 learning-rate tensor per
+    distinct learning rate. Written: all of them but the learning rates, which only
+    ClippedAdam rewrites (its ``lrd`` decay, applied before the update as Pyro does).
+    """
+
+    def __init__(self, optim: pyro.optim.PyroOptim, params: list[torch.Tensor]):
+        kind = _KINDS[optim.pt_optim_constructor]
+        self.optim = optim
+        self.kind = kind
+        self.params = list(params)
+        self.slots = [_Slot(optim.optim_objs[p], p, kind) for p in params]
+        shared: dict = {}
+        for p, slot in zip(params, self.slots, strict=True):
+            lr = slot.group["lr"]
+            share = (lr, p.device, slot.static.get("lrd"))
+            if share not in shared:
+                shared[share] = (len(shared), lr, slot.static.get("lrd"),
+                                 torch.tensor(float(lr), dtype=torch.float64, device=p.device))
+            slot.lr_index = shared[share][0]
+        self.lr_values = [v[1] for v in shared.values()]
+        self.lrd = [v[2] for v in shared.values()]
+        self.lrs = [v[3] for v in shared.values()]
+        state = [t for s in self.slots for t in s.inputs]
+        self.inputs = state + self.lrs
+        self.written = state + (self.lrs if kind == "clipped_adam" else [])
+        #: positions in :attr:`inputs` of the written tensors
+        self.written_at = list(range(len(self.written)))
+        self.key = (kind, tuple((s.frozen, len(s.inputs), s.lr_index) for s in self.slots),
+                    len(self.lrs))
+
+    def current(self, optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> bool:
+        """Cheap per-step check that the plan still describes ``optim`` and ``params``
+        (a learning rate changed on the host makes a new plan: same graph, new inputs)."""
+        if optim is not self.optim or len(params) != len(self.params):
+            return False
+        lrs = self.lr_values
+        return all(p is q and s.current(optim, p, lrs[s.lr_index])
+                   for p, q, s in zip(params, self.params, self.slots, strict=True))
+
+    def update(self, params: list, grads: list, inputs: list) -> tuple[list, list]:
+        """Traced: new params and new written inputs (in :attr:`written` order)."""
+        lrs = inputs[len(inputs) - len(self.lrs):]
+        if self.kind == "clipped_adam":
+            lrs = [lr * lrd for lr, lrd in zip(lrs, self.lrd, strict=True)]
+        new_params, new_state, at = [], [], 0
+        for p, g, slot in zip(params, grads, self.slots, strict=True):
+            new_p, state = slot.update(p, g, inputs[at:at + len(slot.inputs)],
+                                       lrs[slot.lr_index])
+            at += len(slot.inputs)
+            new_params.append(new_p)
+            new_state.extend(state)
+        return new_params, new_state + (lrs if self.kind == "clipped_adam" else [])
+
+    def after_step(self, had_grad: list[bool]) -> None:
+        """Host bookkeeping the graph cannot do: ClippedAdam's int steps and float lrs."""
+        if self.kind != "clipped_adam":
+            return
+        for slot, flag in zip(self.slots, had_grad, strict=True):
+            slot.group["lr"] *= slot.group["lrd"]
+            self.lr_values[slot.lr_index] = slot.group["lr"]
+            if flag:
+                slot.state["step"] += 1
+                slot.count = slot.state["step"]
