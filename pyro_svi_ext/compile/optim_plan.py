@@ -55,9 +55,10 @@ def unsupported_reason(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) 
             return f"optimizer options {[k for k in _REFUSED if group.get(k)]}"
         if not isinstance(group["lr"], float | int):
             return "a tensor learning rate"
-        state = optimizer.state.get(p)
-        if not state or (kind == "sgd" and group["momentum"] != 0
-                         and state.get("momentum_buffer") is None):
+        state = optimizer.state.get(p) or {}
+        needed = ("momentum_buffer",) if kind == "sgd" and group["momentum"] != 0 else (
+            () if kind == "sgd" else ("exp_avg", "exp_avg_sq", "step"))
+        if any(state.get(k) is None for k in needed):
             return "optimizer state not initialized"
     return None
 

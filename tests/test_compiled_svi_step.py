@@ -1,0 +1,205 @@
+"""The whole compiled SVI step (loss, gradients and the optimizer's update in one graph)
+gives the eager step's losses, parameters and optimizer state after K steps."""
+
+import copy
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pytest
+import torch
+from cases import CASES, ENUM_CASES
+from pyro.distributions import constraints
+
+import pyro_svi_ext
+from pyro_svi_ext import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro_svi_ext.compile import unsupported_reason
+
+OPTIMIZERS = {
+    "adam": lambda: pyro.optim.Adam({"lr": 0.05}),
+    "adam_weight_decay": lambda: pyro.optim.Adam({"lr": 0.05, "weight_decay": 0.1,
+                                                  "betas": (0.8, 0.99)}),
+    "adamw": lambda: pyro.optim.AdamW({"lr": 0.05, "weight_decay": 0.1}),
+    "sgd": lambda: pyro.optim.SGD({"lr": 0.01}),
+    "sgd_nesterov": lambda: pyro.optim.SGD({"lr": 0.01, "momentum": 0.9, "nesterov": True,
+                                            "weight_decay": 0.01}),
+    "sgd_dampening": lambda: pyro.optim.SGD({"lr": 0.01, "momentum": 0.5,
+                                             "dampening": 0.3}),
+    "clipped_adam": lambda: pyro.optim.ClippedAdam({"lr": 0.05, "clip_norm": 0.5,
+                                                    "lrd": 0.97}),
+    "clipped_adam_centered": lambda: pyro.optim.ClippedAdam(
+        {"lr": 0.05, "weight_decay": 0.01, "centered_variance": True}),
+    "per_param_args": lambda: pyro.optim.Adam(
+        lambda name, p: {"lr": 0.2 if "loc" in name else 0.01, "betas": (0.9, 0.95)}),
+}
+
+
+def case(name):
+    (found,) = [c for c in CASES + ENUM_CASES if c.name == name]
+    return found
+
+
+def run(elbo, case, optim, steps=8, edit=None):
+    """Losses, params and optimizer state after ``steps`` SVI steps from seed 0;
+    ``edit(step, optim)`` runs before each step."""
+    pyro.clear_param_store()
+    model, guide, args = case.build()
+    pyro.set_rng_seed(0)
+    svi = SVI(model, guide, optim, elbo)
+    losses = []
+    for i in range(steps):
+        if edit is not None:
+            edit(i, optim)
+        losses.append(svi.step(*args))
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    return losses, params, copy.deepcopy(optim.get_state())
+
+
+def assert_same(ours, theirs):
+    assert ours[0] == pytest.approx(theirs[0], rel=1e-5, abs=1e-5)
+    assert ours[1].keys() == theirs[1].keys()
+    for name in theirs[1]:
+        torch.testing.assert_close(ours[1][name], theirs[1][name], rtol=1e-5, atol=1e-6)
+    assert ours[2].keys() == theirs[2].keys()
+    for name, state in theirs[2].items():
+        for key, value in state["state"][0].items():
+            got = ours[2][name]["state"][0][key]
+            if torch.is_tensor(value):
+                torch.testing.assert_close(got.cpu(), value.cpu(), rtol=1e-5, atol=1e-6)
+            else:
+                assert got == value, (name, key)
+        assert ours[2][name]["param_groups"] == state["param_groups"]
+
+
+def the_step(elbo):
+    (step,) = elbo._steps.values()
+    return step
+
+
+def assert_whole_step_compiled(elbo):
+    step = the_step(elbo)
+    assert step.optim_reason is None and step.dynamic_reason is None
+    assert [k[3] is not None for k in step.graphs] == [True]
+
+
+@pytest.mark.parametrize("optim", OPTIMIZERS, ids=str)
+def test_whole_step_equals_eager_step_for_each_optimizer(optim):
+    elbo = JitTrace_ELBO(backend="eager")
+    ours = run(elbo, case("nested_plates"), OPTIMIZERS[optim]())
+    assert_whole_step_compiled(elbo)
+    assert_same(ours, run(Trace_ELBO(), case("nested_plates"), OPTIMIZERS[optim]()))
+
+
+@pytest.mark.parametrize("name", ["nonreparam_in_plate", "pyro_module_amortized",
+                                  "auto_normal", "hmm_markov_T50"])
+@pytest.mark.parametrize("optim", ["adam", "clipped_adam"])
+def test_whole_step_equals_eager_step_on_model_shapes(name, optim):
+    compiled, eager = ((JitTraceEnum_ELBO, TraceEnum_ELBO) if name.startswith("hmm")
+                       else (JitTrace_ELBO, Trace_ELBO))
+    kwargs = case(name).elbo_kwargs
+    elbo = compiled(backend="eager", **kwargs)
+    ours = run(elbo, case(name), OPTIMIZERS[optim]())
+    assert_whole_step_compiled(elbo)
+    assert_same(ours, run(eager(**kwargs), case(name), OPTIMIZERS[optim]()))
+
+
+@pytest.mark.parametrize("optim", ["adam", "sgd_nesterov", "clipped_adam"])
+def test_inductor_whole_step_equals_eager_step(optim):
+    elbo = JitTrace_ELBO(backend="inductor")
+    ours = run(elbo, case("plate"), OPTIMIZERS[optim](), steps=6)
+    assert_whole_step_compiled(elbo)
+    assert_same(ours, run(Trace_ELBO(), case("plate"), OPTIMIZERS[optim](), steps=6))
+
+
+def halve_lr_at(step):
+    def edit(i, optim):
+        if i == step:
+            for opt in optim.optim_objs.values():
+                opt.param_groups[0]["lr"] /= 2
+    return edit
+
+
+def test_learning_rates_edited_by_hand_are_honoured_without_recompiling():
+    elbo = JitTrace_ELBO(backend="eager")
+    ours = run(elbo, case("plate"), OPTIMIZERS["adam"](), edit=halve_lr_at(4))
+    assert the_step(elbo).compiles == 1
+    assert_same(ours, run(Trace_ELBO(), case("plate"), OPTIMIZERS["adam"](),
+                          edit=halve_lr_at(4)))
+
+
+def reload_state_at(step):
+    def edit(i, optim):
+        if i == step:
+            optim.set_state(optim.get_state())  # consumed by fresh per-param optimizers
+            optim.optim_objs.clear()
+    return edit
+
+
+def test_optimizer_state_reloaded_mid_run_is_honoured():
+    elbo = JitTrace_ELBO(backend="eager")
+    ours = run(elbo, case("plate"), OPTIMIZERS["adam"](), edit=reload_state_at(4))
+    assert_same(ours, run(Trace_ELBO(), case("plate"), OPTIMIZERS["adam"](),
+                          edit=reload_state_at(4)))
+
+
+def test_an_optimizer_without_compiled_update_keeps_eager_updates():
+    elbo = JitTrace_ELBO(backend="eager")
+    rmsprop = lambda: pyro.optim.RMSprop({"lr": 0.01})  # noqa: E731
+    ours = run(elbo, case("plate"), rmsprop())
+    assert "RMSprop has no compiled update" in the_step(elbo).optim_reason
+    assert [k[3] for k in the_step(elbo).graphs] == [None]  # loss and grads compiled
+    assert_same(ours, run(Trace_ELBO(), case("plate"), rmsprop()))
+
+
+def test_unsupported_optimizer_options_are_named():
+    p = torch.zeros(2, requires_grad=True)
+    optim = pyro.optim.Adam({"lr": 0.1, "amsgrad": True})
+    p.grad = torch.ones(2)
+    pyro.get_param_store()._params.clear()
+    optim([p])
+    assert "amsgrad" in unsupported_reason(optim, [p])
+    clipped = pyro.optim.Adam({"lr": 0.1}, {"clip_norm": 1.0})
+    clipped([p])
+    assert "clip_args" in unsupported_reason(clipped, [p])
+    assert "not been stepped" in unsupported_reason(pyro.optim.Adam({"lr": 0.1}), [p])
+
+
+def model(data):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=data)
+
+
+def guide(data):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+def test_a_failed_compiled_step_changes_no_param_and_no_optimizer_state():
+    optim = pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.9})
+    elbo = JitTrace_ELBO(backend="eager")
+    svi = SVI(model, guide, optim, elbo)
+    for _ in range(3):
+        svi.step(torch.ones(3))
+    assert_whole_step_compiled(elbo)
+    before = ({k: v.detach().clone() for k, v in pyro.get_param_store().items()},
+              copy.deepcopy(optim.get_state()))
+    with pytest.raises(pyro_svi_ext.NonFiniteLossError, match="model:x"):
+        svi.step(torch.tensor([1.0, float("inf"), 0.0]))
+    after = ({k: v.detach().clone() for k, v in pyro.get_param_store().items()},
+             optim.get_state())
+    assert_same(([0.0], *after), ([0.0], *before))
+    # and the next good step continues exactly like an eager run that never failed
+    pyro.set_rng_seed(5)
+    ours = svi.step(torch.ones(3))
+    ours_params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    for name, value in before[0].items():
+        pyro.get_param_store()[name] = value  # constrained values, as saved
+    eager_optim = pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.9})
+    eager = SVI(model, guide, eager_optim, Trace_ELBO())
+    eager.optim.set_state(before[1])
+    pyro.set_rng_seed(5)
+    assert eager.step(torch.ones(3)) == pytest.approx(ours, rel=1e-5)
+    for name, value in ours_params.items():
+        torch.testing.assert_close(pyro.param(name).detach(), value, rtol=1e-5, atol=1e-6)
