@@ -39,6 +39,7 @@ from pyro_svi_ext.compile.tracing import (
     pyro_modules_bound_to,
 )
 from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.trace.static_plates import full_plates_are_constant
 
 
 class StructureChangedError(RuntimeError):
@@ -108,6 +109,7 @@ class CompiledLossAndGrads:
         #: why the optimizer update runs eagerly (None while it is compiled)
         self.optim_reason: str | None = None
         self.compiles = 0
+        self.structure = None  # what the estimator replays while tracing
         self._plan: OptimPlan | None = None
         self._refused: tuple | None = None  # (optim, reason) for a permanent refusal
 
@@ -118,6 +120,7 @@ class CompiledLossAndGrads:
         n = len(names)
         n_state = len(plan.inputs) if plan is not None else 0
         written_at = plan.written_at if plan is not None else []
+        structure = self.structure
 
         def step(*flat):
             params, state = list(flat[:n]), list(flat[n:n + n_state])
@@ -125,7 +128,8 @@ class CompiledLossAndGrads:
             for slot, value in zip(arg_slots, flat[n + n_state:], strict=True):
                 call_args[slot] = value
             with params_bound_to(names, params), modules_follow_the_store(), \
-                    pyro_modules_bound_to((model, guide), names, params):
+                    pyro_modules_bound_to((model, guide), names, params), \
+                    elbo._replaying(structure):
                 loss, surrogate = elbo._objective(model, guide, tuple(call_args), kwargs)
                 raw = torch.autograd.grad(-surrogate, params, allow_unused=True)
             had_grad[:] = [g is not None for g in raw]
@@ -157,7 +161,7 @@ class CompiledLossAndGrads:
         had_grad: list[bool] = []
         fn = self._traced(model, guide, kwargs, slots, args, plan, had_grad)
         try:
-            with torch.random.fork_rng():
+            with torch.random.fork_rng(), full_plates_are_constant():
                 gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         except Untraceable:
             raise
@@ -269,6 +273,7 @@ class CompiledLossAndGrads:
             loss, params = self.eager(model, guide, args, kwargs)
             if self.param_names is None:
                 self.param_names = sorted(params)
+                self.structure = self.elbo._static_structure()
             return loss, params
         params = self._store_params()
         graph, outputs = self._run(model, guide, params, args, kwargs, None)

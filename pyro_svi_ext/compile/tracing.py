@@ -64,7 +64,8 @@ def modules_follow_the_store():
 
 @contextmanager
 def pyro_modules_bound_to(callables, names: list[str], values: list[torch.Tensor]):
-    """While tracing, ``PyroModule`` params (autoguides) hold the bound values, so the
+    """While tracing, ``PyroModule`` params and parameters (autoguides) hold the bound
+    values, so the
     module reads them from the param store without rewriting it; restored afterwards."""
     bound = dict(zip(names, values, strict=True))
     saved: list = []
@@ -72,13 +73,17 @@ def pyro_modules_bound_to(callables, names: list[str], values: list[torch.Tensor
         if not isinstance(fn, torch.nn.Module):
             continue
         for sub in fn.modules():
-            pyro_params = sub.__dict__.get("_pyro_params")
             context = sub.__dict__.get("_pyro_context")
-            if not pyro_params or context is None or not context.used:
+            if context is None or not context.used:
                 continue
-            for name in pyro_params:
+            # PyroParams live as "<name>_unconstrained"; plain nn.Parameters (e.g.
+            # AutoMultivariateNormal.loc) under their own name
+            keys = {name: name + "_unconstrained"
+                    for name in sub.__dict__.get("_pyro_params") or {}}
+            keys.update((name, name) for name in list(sub._parameters)
+                        if not name.endswith("_unconstrained"))
+            for name, key in keys.items():
                 value = bound.get(sub._pyro_get_fullname(name))
-                key = name + "_unconstrained"
                 if value is not None and key in sub._parameters:
                     saved.append((sub, key, sub._parameters[key]))
                     sub._parameters[key] = value

@@ -11,6 +11,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from pyro.poutine.util import is_validation_enabled
@@ -192,6 +193,16 @@ class ELBO:
         """``(loss, surrogate)`` tensors for one step: what a compiled step traces."""
         pairs = self._pairs(model, guide, args, kwargs)
         return -self._mean_elbo(pairs), self._mean_surrogate(pairs)
+
+    def _static_structure(self):
+        """What a compiled step must replay, recorded by the last eager step (None here;
+        TraceGraph_ELBO records its dependency structure)."""
+        return None
+
+    @contextmanager
+    def _replaying(self, structure):
+        """Context for tracing with ``structure`` from :meth:`_static_structure`."""
+        yield
 
     def _ascend(self, pairs: list[TracePair], objective, extra_params=None) -> dict:
         """Backpropagate ``-objective`` (when any param reaches it); returns the params

@@ -3,6 +3,7 @@ non-reparameterized site, with optional baselines."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyro
@@ -80,16 +81,33 @@ def _baseline(name: str, site: Site, cost: torch.Tensor):
     return baseline, loss
 
 
-def downstream_terms(pair: TracePair) -> dict[str, list[tuple[frozenset, torch.Tensor]]]:
-    """For each non-reparameterized site: the ``(plate frames, log-prob)`` terms computed
-    from its value (model terms ``+log p``, guide terms ``-log q``), in trace order."""
-    terms: dict[str, list] = {}
-    for sign, sites in ((1.0, pair.model), (-1.0, pair.guide)):
+#: for each non-reparameterized site, the ``(side, site name)`` of the log-prob terms
+#: computed from its value ("model" terms count ``+log p``, "guide" terms ``-log q``)
+Structure = dict[str, list[tuple[str, str]]]
+
+
+def dependency_structure(pair: TracePair) -> Structure:
+    """Which log-prob terms each non-reparameterized site's value flows into, in trace
+    order, read from the provenance the trace layer tracked."""
+    structure: Structure = {}
+    for side, sites in (("model", pair.model), ("guide", pair.guide)):
         for site in sites.values():
-            for source in sources_of(site.log_prob_sum):
-                value = untrack(site.log_prob)
-                terms.setdefault(source, []).append(
-                    (site.plate_frames, value if sign > 0 else -value))
+            for source in sorted(sources_of(site.log_prob_sum)):
+                structure.setdefault(source, []).append((side, site.name))
+    return structure
+
+
+def downstream_terms(pair: TracePair, structure: Structure
+                     ) -> dict[str, list[tuple[frozenset, torch.Tensor]]]:
+    """For each non-reparameterized site: the ``(plate frames, log-prob)`` terms of
+    ``structure`` (model terms ``+log p``, guide terms ``-log q``)."""
+    terms: dict[str, list] = {}
+    for source, where in structure.items():
+        for side, name in where:
+            site = (pair.model if side == "model" else pair.guide)[name]
+            value = untrack(site.log_prob)
+            terms.setdefault(source, []).append(
+                (site.plate_frames, value if side == "model" else -value))
     return terms
 
 
@@ -117,6 +135,27 @@ class TraceGraph_ELBO(ELBO):
 
     estimator_name = "TraceGraph_ELBO"
     track_nonreparam = True
+    #: the dependency structure to use instead of tracking provenance (compiled steps
+    #: trace with fake tensors, which cannot be tracked; see :meth:`_replaying`)
+    _replayed: Structure | None = None
+    _last_structure: Structure | None = None
+
+    def _static_structure(self) -> Structure | None:
+        return self._last_structure
+
+    @contextmanager
+    def _replaying(self, structure: Structure | None):
+        """Trace without provenance tracking, taking ``structure`` (recorded by an eager
+        step of the same model and guide) as the dependencies."""
+        if structure is None:
+            yield
+            return
+        self.track_nonreparam, self._replayed = False, structure
+        try:
+            yield
+        finally:
+            del self.track_nonreparam
+            self._replayed = None
 
     def _particle_elbo(self, pair: TracePair) -> torch.Tensor:
         return untrack(super()._particle_elbo(pair))
@@ -126,7 +165,10 @@ class TraceGraph_ELBO(ELBO):
         for site in pair.guide.values():
             if not is_identically_zero(site.entropy_term):
                 surrogate = surrogate - untrack(site.entropy_term).sum()
-        for name, terms in downstream_terms(pair).items():
+        structure = self._replayed
+        if structure is None:
+            structure = self._last_structure = dependency_structure(pair)
+        for name, terms in downstream_terms(pair, structure).items():
             site = pair.guide.get(name)
             if site is None:  # a model-only latent: no guide score to weight
                 continue

@@ -14,6 +14,7 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_svi_ext.trace.provenance import track
 from pyro_svi_ext.trace.sites import Site, site_from_message
+from pyro_svi_ext.trace.static_plates import constant_indices
 
 
 def _is_subsample(msg: dict) -> bool:
@@ -70,6 +71,9 @@ class SiteRecorder(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         if _is_subsample(msg):
             indices = self.replay_subsamples.get(msg["name"])
+            if indices is None and not msg["is_observed"]:
+                fn = msg["fn"]
+                indices = constant_indices(fn.size, fn.subsample_size, fn.device)
             if indices is not None and not msg["is_observed"]:
                 msg["value"] = indices
                 msg["done"] = True
