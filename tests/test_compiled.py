@@ -199,12 +199,26 @@ def test_nonfinite_loss_is_caught_in_compiled_steps():
     assert pyro.param("loc").item() == before
 
 
-def test_torchscript_backend_is_refused_not_wrong():
-    (case,) = [c for c in CASES if c.name == "plate"]
-    elbo = JitTrace_ELBO(backend="jit")
-    with pytest.warns(RuntimeWarning, match="'jit'.*not exact"):
-        ours = run_svi(elbo, case)
-    assert_same_run(ours, run_svi(Trace_ELBO(), case))
+@pytest.mark.parametrize("cls, case", [
+    (JitTrace_ELBO, next(c for c in CASES if c.name == "nonreparam_in_plate")),
+    (JitTraceGraph_ELBO, next(c for c in GRAPH_CASES if c.name == "sequential_chain")),
+    (JitTraceEnum_ELBO, next(c for c in ENUM_CASES if c.name == "hmm_history2")),
+], ids=lambda x: getattr(x, "name", None) or getattr(x, "__name__", str(x)))
+def test_torchscript_backend_is_exact_and_says_once_it_is_legacy(cls, case, recwarn):
+    from pyro_svi_ext.compile import backends
+
+    backends._LEGACY_NOTICE[0] = False
+    elbo = cls(backend="jit", **case.elbo_kwargs)
+    ours = run_svi(elbo, case, steps=6)
+    assert compiled_step(elbo).graphs, compiled_step(elbo).dynamic_reason
+    assert isinstance(next(iter(compiled_step(elbo).graphs.values())).run,
+                      torch.jit.ScriptModule)
+    assert_same_run(ours, run_svi(EAGER_OF[cls](**case.elbo_kwargs), case, steps=6))
+    run_svi(cls(backend="jit", **case.elbo_kwargs), case, steps=3)  # compiles again
+    legacy = [w for w in recwarn if "legacy" in str(w.message)]
+    assert len(legacy) == 1
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)
+                and "torch.jit" in str(w.message)]
 
 
 def test_jit_estimators_are_registered_as_compiled():

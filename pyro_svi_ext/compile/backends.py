@@ -4,7 +4,9 @@ into a callable. Picked by name; third parties add theirs through the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +25,22 @@ def _eager(gm, example_inputs):
     return gm
 
 
+_LEGACY_NOTICE = [False]
+
+
 def _torchscript(gm, example_inputs):
-    # A TorchScript trace of the step graph replays its first call exactly but not later
-    # ones (random draws diverge), so it is refused rather than allowed to be wrong.
-    raise NotImplementedError("the 'jit' (TorchScript) backend is not exact yet; use "
-                              "'inductor' or 'eager'")
+    """``torch.jit.trace`` of the graph: the legacy path (TorchScript is deprecated in
+    current torch). Says so once per process, and keeps torch's own deprecation
+    warnings from reaching the user on every compile."""
+    if not _LEGACY_NOTICE[0]:
+        _LEGACY_NOTICE[0] = True
+        warnings.warn("pyro_svi_ext: the 'jit' compile backend (TorchScript) is the legacy "
+                      "path; 'inductor' is the default and usually faster", UserWarning,
+                      stacklevel=2)
+    inputs = [t.detach().clone() for t in example_inputs]  # tracing runs the graph once
+    with warnings.catch_warnings(), torch.random.fork_rng(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(gm, inputs, check_trace=False)
 
 
 def _inductor(gm, example_inputs):
@@ -39,14 +52,32 @@ def _inductor(gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx
     except ImportError:  # pragma: no cover - older or newer torch layouts
         return torch.compile(gm, backend="inductor", dynamic=False)
-    with torch.no_grad():
-        return compile_fx(gm, [t.detach() for t in example_inputs])
+    with torch.no_grad(), _static_fake_context(example_inputs) as fake_inputs:
+        return compile_fx(gm, fake_inputs)
+
+
+@contextmanager
+def _static_fake_context(example_inputs):
+    """Fake copies of the inputs under a tracing context whose fake mode has a (static)
+    shape environment: what inductor's on-disk graph cache needs to be used at all, so
+    a later process compiles the same step from the cache."""
+    try:
+        from torch._guards import TracingContext, tracing
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    except ImportError:  # pragma: no cover - other torch layouts: no cache, same graph
+        yield [t.detach() for t in example_inputs]
+        return
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    fake = [mode.from_tensor(t.detach(), static_shapes=True) for t in example_inputs]
+    with tracing(TracingContext(mode)):
+        yield fake
 
 
 BACKENDS: dict[str, Backend] = {
     b.name: b for b in (
         Backend("eager", _eager, "replay the traced graph op by op"),
-        Backend("jit", _torchscript, "TorchScript (legacy; refused until exact)"),
+        Backend("jit", _torchscript, "TorchScript trace of the graph (legacy)"),
         Backend("inductor", _inductor, "torch.compile / inductor: fused kernels"),
     )
 }
