@@ -270,3 +270,25 @@ def test_compiled_step_follows_the_device(device):
         elbo.loss_and_grads(model, guide, data)
     assert compiled_step(elbo).graphs
     assert pyro.param("loc").unconstrained().grad.device.type == device
+
+
+@pytest.mark.parametrize("failure", ["raises", "inexact"])
+def test_auto_backend_drops_a_failing_backend_and_stays_exact(failure, monkeypatch):
+    from pyro_svi_ext.compile import backends
+
+    def broken(gm, example_inputs):
+        if failure == "raises":
+            raise RuntimeError("no C++ compiler")
+
+        def wrong(*inputs):
+            outputs = gm(*inputs)
+            return (outputs[0] + 1.0, *outputs[1:])
+        return wrong
+
+    monkeypatch.setitem(backends.BACKENDS, "inductor", backends.Backend("inductor", broken))
+    (case,) = [c for c in CASES if c.name == "nested_plates"]
+    elbo = JitTrace_ELBO()  # backend="auto"
+    with pytest.warns(RuntimeWarning, match="compile backend inductor: .*using 'jit'"):
+        ours = run_svi(elbo, case)
+    assert compiled_step(elbo).backend.name == "jit" and compiled_step(elbo).graphs
+    assert_same_run(ours, run_svi(Trace_ELBO(), case))

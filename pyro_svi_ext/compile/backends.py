@@ -74,6 +74,10 @@ def _static_fake_context(example_inputs):
         yield fake
 
 
+#: what ``backend="auto"`` tries, in order, keeping the first that compiles the step
+#: and reproduces the traced graph's numbers
+AUTO_BACKENDS = ("inductor", "jit", "eager")
+
 BACKENDS: dict[str, Backend] = {
     b.name: b for b in (
         Backend("eager", _eager, "replay the traced graph op by op"),

@@ -30,7 +30,7 @@ import pyro.optim
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_svi_ext.compile.backends import get_backend
+from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
 from pyro_svi_ext.compile.optim_plan import OptimPlan, unsupported_reason
 from pyro_svi_ext.compile.tracing import (
     Untraceable,
@@ -92,14 +92,16 @@ class CompiledLossAndGrads:
         when the model cannot be traced (e.g. it branches on tensor values).
     """
 
-    def __init__(self, elbo, eager: Callable, backend: str = "inductor",
+    def __init__(self, elbo, eager: Callable, backend: str = "auto",
                  on_change: str = "recompile", on_dynamic: str = "eager", cache_size: int = 8):
         if on_change not in ("recompile", "raise") or on_dynamic not in ("eager", "raise"):
             raise ValueError("on_change must be 'recompile' or 'raise'; on_dynamic 'eager' or "
                              f"'raise'; got {on_change!r}, {on_dynamic!r}")
         self.elbo = elbo
         self.eager = eager
-        self.backend = get_backend(backend)
+        #: backends to try, in order ("auto": inductor, then TorchScript, then replay)
+        self.backends: list[Backend] = ([get_backend(b) for b in AUTO_BACKENDS]
+                                        if backend == "auto" else [get_backend(backend)])
         self.on_change = on_change
         self.on_dynamic = on_dynamic
         self.cache_size = cache_size
@@ -153,7 +155,9 @@ class CompiledLossAndGrads:
                 repr(sorted(kwargs.items())) if kwargs else "",
                 None if plan is None else plan.key)
 
-    def _compile(self, model, guide, params, args, kwargs, plan) -> _Graph:
+    def _trace(self, model, guide, params, args, kwargs, plan):
+        """``(traced graph, production graph, tensor-argument slots, had_grad)``;
+        :class:`Untraceable` when the model cannot be traced statically."""
         slots = [i for i, a in enumerate(args) if torch.is_tensor(a)]
         state = plan.inputs if plan is not None else []
         inputs = ([p.detach().requires_grad_() for p in params] + list(state)
@@ -173,76 +177,91 @@ class CompiledLossAndGrads:
             n = len(params)
             production = _writing_in_place(gm, n, list(range(n)) +
                                            [n + i for i in plan.written_at])
-        try:
-            return _Graph(self.backend.compile(production, inputs), slots, had_grad, gm,
-                          plan is not None)
-        except NotImplementedError as err:
-            raise Untraceable(f"backend {self.backend.name!r}: {err}") from err
+        return gm, production, slots, had_grad
 
-    def _verify(self, graph: _Graph, inputs, targets, model, guide, params, args, kwargs):
-        """Run the traced graph op by op, the compiled graph (on copies of what it
-        writes) and the eager objective, all on the same random draws. A disagreement
-        (state the trace could not see, e.g. module weights outside the param store, or
-        a backend's error) makes the model untraceable. Returns the traced graph's
-        outputs ``(loss, *grads, *new_values)``."""
+    def _backend_graph(self, gm, production, slots, had_grad, inputs, targets, reference,
+                       devices) -> _Graph:
+        """Compile ``production`` with the first backend that compiles it and matches
+        the traced graph's ``reference`` outputs on the same draws; a failing backend is
+        dropped (with a warning when another one takes over)."""
+        in_place = bool(targets)
+        failures = []
+        for backend in list(self.backends):
+            copies = {id(t): t.clone() for t in targets}
+            try:
+                run = backend.compile(production, inputs)
+                with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                    compiled = run(*[copies.get(id(t), t) for t in inputs])
+                got = ([compiled[0], *[copies[id(t)] for t in targets]] if in_place
+                       else list(compiled))
+                want = ([reference[0], *reference[len(reference) - len(targets):]]
+                        if in_place else list(reference))
+                if not _all_close(want, got):
+                    raise ArithmeticError("its results differ from the traced graph's")
+            except Exception as err:
+                failures.append(f"{backend.name}: {type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}")
+                if len(self.backends) > 1:
+                    self.backends.remove(backend)
+                    warnings.warn(f"{type(self.elbo).__name__}: compile backend "
+                                  f"{failures[-1]}; using {self.backends[0].name!r}",
+                                  RuntimeWarning, stacklevel=6)
+                    continue
+                raise Untraceable(f"backend {failures[-1]}") from err
+            return _Graph(run, slots, had_grad, gm, in_place)
+        raise Untraceable("no compile backend: " + "; ".join(failures))  # pragma: no cover
+
+    def _compile_and_verify(self, model, guide, params, args, kwargs, plan):
+        """Trace, compile and check a new graph: the traced graph run op by op must give
+        the eager step's loss and gradients on the same random draws (else state the
+        trace could not see, e.g. module weights outside the param store, makes the
+        model untraceable), and the compiled graph the traced graph's results. Returns
+        ``(graph, traced outputs (loss, *grads, *new_values))``."""
+        gm, production, slots, had_grad = self._trace(model, guide, params, args, kwargs,
+                                                      plan)
+        state = plan.inputs if plan is not None else []
+        inputs = [*params, *state, *[args[i] for i in slots]]
+        targets = params + plan.written if plan is not None else []
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
-        start = (torch.get_rng_state(),
-                 [torch.cuda.get_rng_state(d) for d in devices])
-        try:
-            with torch.no_grad():
-                with torch.random.fork_rng(devices=devices):
-                    reference = graph.reference(*inputs)
-                copies = {id(t): t.clone() for t in targets} if graph.in_place else {}
-                with torch.random.fork_rng(devices=devices):
-                    compiled = graph.run(*[copies.get(id(t), t) for t in inputs])
-        except Exception as err:  # a backend that compiles lazily fails here
-            raise Untraceable(f"backend {self.backend.name!r} failed: "
-                              f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+        start = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            reference = gm(*inputs)
+        graph = self._backend_graph(gm, production, slots, had_grad, inputs, targets,
+                                    reference, devices)
         with torch.enable_grad():
             loss, surrogate = self.elbo._objective(model, guide, args, kwargs)
             eager = torch.autograd.grad(-surrogate, params, allow_unused=True)
-        eager = [torch.zeros_like(p) if g is None else g for p, g in zip(params, eager,
-                                                                        strict=True)]
-        n = len(params)
-        pairs = list(zip([loss.detach(), *eager], reference[:1 + n], strict=True))
-        if graph.in_place:
-            pairs.append((reference[0], compiled[0]))
-            pairs.extend(zip(reference[1 + n:], [copies[id(t)] for t in targets],
-                             strict=True))
-        else:
-            pairs.extend(zip(reference, compiled, strict=True))
-        if not all(torch.allclose(got.to(want.dtype), want, rtol=1e-4, atol=1e-5,
-                                  equal_nan=True) for want, got in pairs):
+        eager = [torch.zeros_like(p) if g is None else g
+                 for p, g in zip(params, eager, strict=True)]
+        if not _all_close([loss.detach(), *eager], reference[:1 + len(params)]):
             # leave the random state as it was: the eager fallback redraws
             torch.set_rng_state(start[0])
-            for d, state in zip(devices, start[1], strict=True):
-                torch.cuda.set_rng_state(state, d)
+            for d, rng in zip(devices, start[1], strict=True):
+                torch.cuda.set_rng_state(rng, d)
             raise Untraceable("the compiled graph disagrees with the eager step (the model "
                               "uses state outside pyro.param, e.g. weights of a module "
-                              "registered with pyro.module, or the backend is inexact)")
-        return reference
+                              "registered with pyro.module)")
+        if plan is not None:  # commit the reference step's new values
+            with torch.no_grad():
+                torch._foreach_copy_(targets, list(reference[1 + len(params):]))
+        return graph, reference
 
     def _run(self, model, guide, params, args, kwargs, plan):
-        """The graph's outputs for this call (compiling and verifying a new graph), or
-        None after falling back to eager for good (``self.dynamic_reason`` set)."""
+        """The graph and its outputs for this call (compiling and verifying a new
+        graph), or ``(None, None)`` after falling back to eager for good
+        (``self.dynamic_reason`` set)."""
         key = self._key(params, args, kwargs, plan)
         graph = self.graphs.get(key)
-        state = plan.inputs if plan is not None else []
         if graph is not None:
             self.graphs.move_to_end(key)
+            state = plan.inputs if plan is not None else []
             with torch.no_grad():  # the graph computes its gradients itself
                 return graph, graph.run(*params, *state, *[args[i] for i in graph.arg_slots])
         if self.graphs and self.on_change == "raise":
             raise StructureChangedError(self._describe_change(key))
         try:
-            graph = self._compile(model, guide, params, args, kwargs, plan)
-            inputs = [*params, *state, *[args[i] for i in graph.arg_slots]]
-            targets = params + plan.written if plan is not None else []
-            outputs = self._verify(graph, inputs, targets, model, guide, params, args,
-                                   kwargs)
-            if plan is not None:  # commit the reference step's new values
-                with torch.no_grad():
-                    torch._foreach_copy_(targets, list(outputs[1 + len(params):]))
+            graph, outputs = self._compile_and_verify(model, guide, params, args, kwargs,
+                                                      plan)
         except Untraceable as why:
             self._give_up(str(why))
             return None, None
@@ -250,6 +269,11 @@ class CompiledLossAndGrads:
         while len(self.graphs) > self.cache_size:
             self.graphs.popitem(last=False)
         return graph, outputs
+
+    @property
+    def backend(self) -> Backend:
+        """The backend new graphs are compiled with."""
+        return self.backends[0]
 
     def _store_params(self) -> list[torch.Tensor]:
         params = pyro.get_param_store()._params
@@ -340,6 +364,12 @@ class CompiledLossAndGrads:
         if old_kwargs != new_kwargs:
             return f"keyword arguments changed from {old_kwargs} to {new_kwargs}"
         return "the optimizer's hyper-parameters or state layout changed"
+
+
+def _all_close(want: list, got: list) -> bool:
+    return len(want) == len(got) and all(
+        torch.allclose(g.to(w.dtype), w, rtol=1e-4, atol=1e-5, equal_nan=True)
+        for w, g in zip(want, got, strict=True))
 
 
 def _show(signature: tuple) -> str:

@@ -9,7 +9,7 @@ from pyro_svi_ext.estimators.trace_elbo import Trace_ELBO
 from pyro_svi_ext.estimators.traceenum_elbo import TraceEnum_ELBO
 from pyro_svi_ext.estimators.tracegraph_elbo import TraceGraph_ELBO
 
-DEFAULT_BACKEND = "inductor"
+DEFAULT_BACKEND = "auto"
 
 
 class _Compiled:
@@ -25,8 +25,11 @@ class _Compiled:
     ``RuntimeWarning``, or raises with ``on_dynamic="raise"``. Validation (pyro's checks)
     runs on the first, eager call only; a non-finite loss is still caught.
 
-    :param backend: ``"inductor"`` (default), ``"jit"`` (TorchScript, legacy) or
-        ``"eager"`` (replay of the traced graph), or a plugin's backend.
+    :param backend: ``"auto"`` (default: the first of ``"inductor"``, ``"jit"`` and
+        ``"eager"`` that compiles the step and reproduces the traced graph's numbers;
+        a backend that fails is dropped with a ``RuntimeWarning``), or one by name:
+        ``"inductor"`` (torch.compile's compiler, fused C++/Triton kernels), ``"jit"``
+        (TorchScript, legacy), ``"eager"`` (replay of the traced graph), or a plugin's.
     """
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = INF,
