@@ -203,3 +203,47 @@ def test_a_failed_compiled_step_changes_no_param_and_no_optimizer_state():
     assert eager.step(torch.ones(3)) == pytest.approx(ours, rel=1e-5)
     for name, value in ours_params.items():
         torch.testing.assert_close(pyro.param(name).detach(), value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_step_tensor_reads_nothing_on_the_host(device, monkeypatch):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    data = torch.ones(3, device=device)
+
+    def dev_model(data):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, device=device), 1.0))
+        with pyro.plate("data", len(data), device=device):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=data)
+
+    def dev_guide(data):
+        loc = pyro.param("loc", torch.tensor(0.0, device=device))
+        pyro.sample("mu", dist.Normal(loc, 1.0))
+
+    def run_steps(elbo, lazy):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        svi = SVI(dev_model, dev_guide, pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.9}), elbo)
+        losses = [svi.step(data) for _ in range(2)]  # eager, then compiling
+        if lazy:
+            def host_read(*args, **kwargs):
+                raise AssertionError("the step read a tensor on the host")
+            with monkeypatch.context() as m:
+                for name in ("item", "__float__", "__bool__", "tolist"):
+                    m.setattr(torch.Tensor, name, host_read)
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    tensors = [svi.step_tensor(data) for _ in range(4)]
+                finally:
+                    if device == "cuda":
+                        torch.cuda.set_sync_debug_mode("default")
+            assert all(t.device.type == device for t in tensors)
+            losses += [t.item() for t in tensors]
+        else:
+            losses += [svi.step(data) for _ in range(4)]
+        return losses, pyro.param("loc").item()
+
+    ours = run_steps(JitTrace_ELBO(backend="eager"), lazy=True)
+    assert ours[0] == pytest.approx(run_steps(Trace_ELBO(), lazy=False)[0], rel=1e-5)
+    assert ours[1] == pytest.approx(run_steps(Trace_ELBO(), lazy=False)[1], rel=1e-5)

@@ -310,11 +310,16 @@ class CompiledLossAndGrads:
         return value, dict(zip(self.param_names, params, strict=True))
 
     def svi_step(self, model, guide, optim: pyro.optim.PyroOptim, args: tuple,
-                 kwargs: dict) -> float | None:
+                 kwargs: dict, lazy: bool = False) -> float | torch.Tensor | None:
         """One whole SVI step (loss, gradients and ``optim``'s update in one graph);
         returns the loss, or None when this step must run the eager way (first call,
         an untraceable model, or an optimizer without a compiled update: see
-        :attr:`optim_reason`)."""
+        :attr:`optim_reason`).
+
+        ``lazy=True`` returns the loss as a 0-dim tensor without reading it: nothing
+        waits for the device. The non-finite check is then the caller's: a step with a
+        non-finite loss still changes no tensor, but ClippedAdam's host-side step count
+        and learning rate advance."""
         if self.param_names is None or self.dynamic_reason is not None:
             return None
         params = self._store_params()
@@ -326,6 +331,9 @@ class CompiledLossAndGrads:
         graph, outputs = self._run(model, guide, params, args, kwargs, plan)
         if graph is None:
             return None
+        if lazy:
+            plan.after_step(graph.had_grad)
+            return outputs[0]
         value = self._checked_loss(outputs[0], model, guide, args, kwargs)
         if math.isfinite(value):
             plan.after_step(graph.had_grad)

@@ -57,12 +57,13 @@ class _Compiled:
                                                            **self._options)
         return step(model, guide, args, kwargs)
 
-    def _svi_step(self, model, guide, optim, args, kwargs) -> float | None:
+    def _svi_step(self, model, guide, optim, args, kwargs, lazy: bool = False):
         """A whole compiled SVI step (see
         :meth:`~pyro_svi_ext.compile.CompiledLossAndGrads.svi_step`); None when the step
         must run the eager way."""
         step = self._steps.get((id(model), id(guide)))
-        return None if step is None else step.svi_step(model, guide, optim, args, kwargs)
+        return None if step is None else step.svi_step(model, guide, optim, args, kwargs,
+                                                       lazy)
 
 
 class JitTrace_ELBO(_Compiled, Trace_ELBO):

@@ -127,6 +127,20 @@ class SVI(TracePosterior):
                 torch._foreach_zero_(grads)
         return _as_float(loss)
 
+    def step_tensor(self, *args, **kwargs) -> torch.Tensor:
+        """Like :meth:`step`, but the loss comes back as a 0-dim tensor. When the
+        estimator compiles the whole step (``Jit*`` estimators with a supported
+        optimizer), the loss is not read on the host, so a CUDA step is queued without
+        waiting for the device; the non-finite check is then yours (a step whose loss
+        is not finite changes no param or optimizer tensor). Otherwise this is
+        ``torch.tensor(step(...))``."""
+        if self._whole_step is not None:
+            value = self._whole_step(self.model, self.guide, self.optim, args, kwargs,
+                                     lazy=True)
+            if value is not None:
+                return value
+        return torch.tensor(self.step(*args, **kwargs))
+
     def evaluate_loss(self, *args, **kwargs) -> float:
         """The loss estimate without gradients (float)."""
         with torch.no_grad():
