@@ -18,7 +18,12 @@ from pyro_svi_ext.estimators import (
     TraceEnum_ELBO,
     TraceGraph_ELBO,
 )
-from pyro_svi_ext.estimators.jit import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO
+from pyro_svi_ext.estimators.jit import (
+    JitRenyiELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+)
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.infer import (
     SVI,
@@ -45,6 +50,7 @@ __all__ = [
     "EmpiricalMarginal",
     "EmptyPosteriorError",
     "Importance",
+    "JitRenyiELBO",
     "JitTraceEnum_ELBO",
     "JitTraceGraph_ELBO",
     "JitTrace_ELBO",

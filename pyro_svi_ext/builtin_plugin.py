@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from pyro_svi_ext.estimators import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
-from pyro_svi_ext.estimators.jit import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO
+from pyro_svi_ext.estimators.jit import (
+    JitRenyiELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+)
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.registry import Capabilities, PluginRegistrar
 
@@ -31,6 +36,6 @@ def pyro_svi_ext_register_estimators(registry: PluginRegistrar) -> None:
         capabilities=Capabilities(reparam=True, nonreparam=True, enumeration=True),
     )
     for cls, base_caps in ((JitTrace_ELBO, {}), (JitTraceGraph_ELBO, {}),
-                           (JitTraceEnum_ELBO, {"enumeration": True})):
+                           (JitTraceEnum_ELBO, {"enumeration": True}), (JitRenyiELBO, {})):
         registry.add(cls, aliases=(cls.__name__.lower(),),
                      capabilities=Capabilities(compiled=True, **base_caps))

@@ -247,3 +247,16 @@ def test_step_tensor_reads_nothing_on_the_host(device, monkeypatch):
     ours = run_steps(JitTrace_ELBO(backend="eager"), lazy=True)
     assert ours[0] == pytest.approx(run_steps(Trace_ELBO(), lazy=False)[0], rel=1e-5)
     assert ours[1] == pytest.approx(run_steps(Trace_ELBO(), lazy=False)[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["plate", "nested_plates", "nonreparam_in_plate",
+                                  "pyro_module_amortized"])
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_compiled_renyi_step_equals_eager_renyi_step(name, vectorize):
+    kwargs = {"alpha": 0.5, "num_particles": 4}
+    if vectorize:
+        kwargs.update(vectorize_particles=True, max_plate_nesting=2)
+    elbo = pyro_svi_ext.JitRenyiELBO(backend="eager", **kwargs)
+    ours = run(elbo, case(name), OPTIMIZERS["adam"]())
+    assert_whole_step_compiled(elbo)
+    assert_same(ours, run(pyro_svi_ext.RenyiELBO(**kwargs), case(name), OPTIMIZERS["adam"]()))
