@@ -112,11 +112,15 @@ def sequential_bernoulli(t: int = 20):
     return model, guide, (x,)
 
 
-def gmm_enum(k: int = 3, n: int = 500):
-    """Gaussian mixture with model-side enumerated assignments (K components, N points)."""
+def gmm_data(k: int = 3, n: int = 500):
     g = torch.Generator().manual_seed(0)
     data = torch.cat([torch.randn(n // k, generator=g) + 4.0 * i for i in range(k)])[:n]
-    data = torch.cat([data, torch.randn(n - len(data), generator=g)])
+    return torch.cat([data, torch.randn(n - len(data), generator=g)])
+
+
+def gmm_enum(k: int = 3, n: int = 500):
+    """Gaussian mixture with model-side enumerated assignments (K components, N points)."""
+    data = gmm_data(k, n)
 
     def model(data):
         weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
@@ -137,10 +141,14 @@ def gmm_enum(k: int = 3, n: int = 500):
     return model, guide, (data,)
 
 
+def hmm_data(k: int = 4, t: int = 100):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(t, generator=g) + torch.arange(t).remainder(k).float()
+
+
 def hmm_enum(k: int = 4, t: int = 100):
     """HMM with K hidden states, T steps, states enumerated under ``pyro.markov``."""
-    g = torch.Generator().manual_seed(0)
-    data = torch.randn(t, generator=g) + torch.arange(t).remainder(k).float()
+    data = hmm_data(k, t)
 
     def model(data):
         trans = pyro.param("trans", torch.ones(k, k) / k + torch.eye(k),
@@ -158,13 +166,22 @@ def hmm_enum(k: int = 4, t: int = 100):
     return model, guide, (data,)
 
 
+def amortized_mlp_data(batch: int = 128, d: int = 10):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, d, generator=g)
+
+
+def mlp_encoder(d: int = 10, latent: int = 2):
+    """Linear(d, 32)-Tanh-Linear(32, 2 * latent), initialized from seed 0."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.Tanh(),
+                               torch.nn.Linear(32, 2 * latent))
+
+
 def amortized_mlp(batch: int = 128, d: int = 10, latent: int = 2):
     """A VAE-style model: per-datum latents, an MLP encoder guide (``pyro.module``)."""
-    g = torch.Generator().manual_seed(0)
-    data = torch.randn(batch, d, generator=g)
-    torch.manual_seed(0)
-    encoder = torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.Tanh(),
-                                  torch.nn.Linear(32, 2 * latent))
+    data = amortized_mlp_data(batch, d)
+    encoder = mlp_encoder(d, latent)
 
     def model(data):
         weight = pyro.param("decoder_weight", 0.1 * torch.ones(latent, d))
@@ -180,3 +197,69 @@ def amortized_mlp(batch: int = 128, d: int = 10, latent: int = 2):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     return model, guide, (data,)
+
+
+def nonreparam_data(n: int = 200):
+    g = torch.Generator().manual_seed(0)
+    k = (torch.rand(n, generator=g) < 0.6).float()
+    return 0.5 + 2.0 * k + 1.0 + torch.randn(n, generator=g)
+
+
+def nonreparam_tracegraph(n: int = 200):
+    """Non-reparameterized latents for TraceGraph_ELBO: a global Bernoulli ``s`` and
+    per-datum Bernoulli ``k`` (plate of N) with Normal observations; a guide with
+    params and no baselines (decaying-average baselines write the param store)."""
+    x = nonreparam_data(n)
+
+    def model(x):
+        s = pyro.sample("s", dist.Bernoulli(0.4))
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", n):
+            k = pyro.sample("k", dist.Bernoulli(0.3 + 0.3 * s))
+            pyro.sample("x", dist.Normal(mu + 2.0 * k + s, 1.0), obs=x)
+
+    def guide(x):
+        ps = pyro.param("ps", torch.tensor(0.6), constraint=constraints.unit_interval)
+        pk = pyro.param("pk", torch.full((n,), 0.5), constraint=constraints.unit_interval)
+        loc = pyro.param("mu_loc", torch.tensor(0.0))
+        scale = pyro.param("mu_scale", torch.tensor(1.0), constraint=constraints.positive)
+        pyro.sample("s", dist.Bernoulli(ps))
+        pyro.sample("mu", dist.Normal(loc, scale))
+        with pyro.plate("data", n):
+            pyro.sample("k", dist.Bernoulli(pk))
+
+    return model, guide, (x,)
+
+
+def renyi_data(n: int = 100):
+    g = torch.Generator().manual_seed(0)
+    z = 1.5 + 0.8 * torch.randn(n, generator=g)
+    return z + 0.5 * torch.randn(n, generator=g)
+
+
+def renyi_model(n: int = 100):
+    """A small hierarchical Normal model for RenyiELBO: global ``mu`` and ``tau``, N
+    local ``z`` in a plate, Normal observations; a mean-field Normal guide (LogNormal for
+    ``tau``), no subsampling."""
+    x = renyi_data(n)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(mu, tau))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        mu_loc = pyro.param("mu_loc", torch.tensor(0.0))
+        mu_scale = pyro.param("mu_scale", torch.tensor(1.0), constraint=constraints.positive)
+        tau_loc = pyro.param("tau_loc", torch.tensor(0.0))
+        tau_scale = pyro.param("tau_scale", torch.tensor(0.1), constraint=constraints.positive)
+        z_loc = pyro.param("z_loc", torch.zeros(n))
+        z_scale = pyro.param("z_scale", torch.ones(n), constraint=constraints.positive)
+        pyro.sample("mu", dist.Normal(mu_loc, mu_scale))
+        pyro.sample("tau", dist.LogNormal(tau_loc, tau_scale))
+        with pyro.plate("data", n):
+            pyro.sample("z", dist.Normal(z_loc, z_scale))
+
+    return model, guide, (x,)
