@@ -46,13 +46,18 @@ def _torchscript(gm, example_inputs):
 def _inductor(gm, example_inputs):
     import torch._inductor.config as inductor_config
 
-    # random ops call aten's generators, so compiled steps draw what eager steps draw
-    inductor_config.fallback_random = True
     try:  # compile the graph itself: our own guard replaces dynamo's (less per-call work)
         from torch._inductor.compile_fx import compile_fx
     except ImportError:  # pragma: no cover - older or newer torch layouts
         return torch.compile(gm, backend="inductor", dynamic=False)
-    with torch.no_grad(), _static_fake_context(example_inputs) as fake_inputs:
+    options = {
+        # random ops call aten's generators, so compiled steps draw what eager steps draw
+        "fallback_random": True,
+        # on CPU, a C++ wrapper calls the kernels (about 20% less time per small step)
+        "cpp_wrapper": all(t.device.type == "cpu" for t in example_inputs),
+    }
+    with inductor_config.patch(options), torch.no_grad(), \
+            _static_fake_context(example_inputs) as fake_inputs:
         return compile_fx(gm, fake_inputs)
 
 

@@ -375,9 +375,17 @@ class CompiledLossAndGrads:
 
 
 def _all_close(want: list, got: list) -> bool:
-    return len(want) == len(got) and all(
-        torch.allclose(g.to(w.dtype), w, rtol=1e-4, atol=1e-5, equal_nan=True)
-        for w, g in zip(want, got, strict=True))
+    """Equal up to float rounding: ``|got - want| <= 1e-4 |want| + 1e-5 + 1e-4 max|want|``
+    per tensor (sums over 1e5 terms round differently in a fused kernel; a structural
+    mistake is off by far more)."""
+    if len(want) != len(got):
+        return False
+    for w, g in zip(want, got, strict=True):
+        w, g = w.detach(), g.detach().to(w.dtype)
+        scale = float(w.abs().max()) if w.numel() and bool(w.isfinite().all()) else 0.0
+        if not torch.allclose(g, w, rtol=1e-4, atol=1e-5 + 1e-4 * scale, equal_nan=True):
+            return False
+    return True
 
 
 def _show(signature: tuple) -> str:
