@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
-from cases import CASES, ENUM_CASES
+from cases import CASES, ENUM_CASES, GRAPH_CASES
 from pyro.distributions import constraints
 
 import pyro_svi_ext
@@ -35,7 +35,7 @@ OPTIMIZERS = {
 
 
 def case(name):
-    (found,) = [c for c in CASES + ENUM_CASES if c.name == name]
+    (found,) = [c for c in CASES + GRAPH_CASES + ENUM_CASES if c.name == name]
     return found
 
 
@@ -260,3 +260,18 @@ def test_compiled_renyi_step_equals_eager_renyi_step(name, vectorize):
     ours = run(elbo, case(name), OPTIMIZERS["adam"]())
     assert_whole_step_compiled(elbo)
     assert_same(ours, run(pyro_svi_ext.RenyiELBO(**kwargs), case(name), OPTIMIZERS["adam"]()))
+
+
+@pytest.mark.parametrize("compiled, eager, name, kwargs", [
+    (pyro_svi_ext.JitTraceGraph_ELBO, pyro_svi_ext.TraceGraph_ELBO, "sequential_chain", {}),
+    (JitTraceEnum_ELBO, TraceEnum_ELBO, "hmm_history2", {"max_plate_nesting": 0}),
+    (JitTraceEnum_ELBO, TraceEnum_ELBO, "gmm_model_enum", {"max_plate_nesting": 1}),
+    (pyro_svi_ext.JitRenyiELBO, pyro_svi_ext.RenyiELBO, "nonreparam_in_plate",
+     {"alpha": 0.5, "num_particles": 3}),
+], ids=["tracegraph", "hmm", "gmm", "renyi"])
+def test_inductor_whole_step_equals_eager_step_for_each_estimator(compiled, eager, name,
+                                                                  kwargs):
+    elbo = compiled(backend="inductor", **kwargs)
+    ours = run(elbo, case(name), OPTIMIZERS["clipped_adam"](), steps=5)
+    assert_whole_step_compiled(elbo)
+    assert_same(ours, run(eager(**kwargs), case(name), OPTIMIZERS["clipped_adam"](), steps=5))

@@ -4,6 +4,7 @@ into a callable. Picked by name; third parties add theirs through the
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -56,9 +57,22 @@ def _inductor(gm, example_inputs):
         # on CPU, a C++ wrapper calls the kernels (about 20% less time per small step)
         "cpp_wrapper": all(t.device.type == "cpu" for t in example_inputs),
     }
-    with inductor_config.patch(options), torch.no_grad(), \
+    with inductor_config.patch(options), torch.no_grad(), _quiet_inductor_notes(), \
             _static_fake_context(example_inputs) as fake_inputs:
         return compile_fx(gm, fake_inputs)
+
+
+@contextmanager
+def _quiet_inductor_notes():
+    """Inductor logs a warning for each op its C++ wrapper calls through a proxy
+    (e.g. Dirichlet sampling); that is how such ops run, not a problem to report."""
+    logger = logging.getLogger("torch._inductor.ir")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager
