@@ -264,7 +264,7 @@ def test_compiled_renyi_step_equals_eager_renyi_step(name, vectorize):
 
 @pytest.mark.parametrize("compiled, eager, name, kwargs", [
     (pyro_svi_ext.JitTraceGraph_ELBO, pyro_svi_ext.TraceGraph_ELBO, "sequential_chain", {}),
-    (JitTraceEnum_ELBO, TraceEnum_ELBO, "hmm_history2", {"max_plate_nesting": 0}),
+    (JitTraceEnum_ELBO, TraceEnum_ELBO, "factorial_hmm", {"max_plate_nesting": 0}),
     (JitTraceEnum_ELBO, TraceEnum_ELBO, "gmm_model_enum", {"max_plate_nesting": 1}),
     (pyro_svi_ext.JitRenyiELBO, pyro_svi_ext.RenyiELBO, "nonreparam_in_plate",
      {"alpha": 0.5, "num_particles": 3}),
