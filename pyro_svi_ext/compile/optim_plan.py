@@ -35,6 +35,10 @@ _STATIC = {
     "sgd": ("momentum", "dampening", "weight_decay", "nesterov", "maximize"),
 }
 _REFUSED = ("amsgrad", "fused", "capturable", "differentiable")
+#: reasons that last only until the eager step has created the optimizer's state
+NOT_STEPPED = "a param has not been stepped yet"
+NOT_INITIALIZED = "optimizer state not initialized"
+TRANSIENT = (NOT_STEPPED, NOT_INITIALIZED)
 
 
 def unsupported_reason(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> str | None:
@@ -47,7 +51,7 @@ def unsupported_reason(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) 
     for p in params:
         optimizer = optim.optim_objs.get(p)
         if optimizer is None:
-            return "a param has not been stepped yet"
+            return NOT_STEPPED
         if optim.grad_clip.get(p) is not None:
             return "gradient clipping arguments (clip_args)"
         (group,) = optimizer.param_groups
@@ -59,7 +63,7 @@ def unsupported_reason(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) 
         needed = ("momentum_buffer",) if kind == "sgd" and group["momentum"] != 0 else (
             () if kind == "sgd" else ("exp_avg", "exp_avg_sq", "step"))
         if any(state.get(k) is None for k in needed):
-            return "optimizer state not initialized"
+            return NOT_INITIALIZED
     return None
 
 
@@ -74,7 +78,8 @@ class _Slot:
         self.state = optimizer.state[p]
         keys = [k for k in _STATIC[kind] if k in self.group]
         self._static_of = operator.itemgetter(*keys)
-        self.static = dict(zip(keys, self._static_of(self.group), strict=True))
+        self._static_values = self._static_of(self.group)
+        self.static = dict(zip(keys, self._static_values, strict=True))
         state = self.state
         if kind == "adam":
             if state["step"].device != p.device:  # step counts live beside their param
@@ -95,7 +100,7 @@ class _Slot:
         group = self.group
         return (optim.optim_objs.get(p) is optimizer and optimizer.state.get(p) is self.state
                 and group["lr"] == lr
-                and self._static_of(group) == self._static_of(self.static)
+                and self._static_of(group) == self._static_values
                 and (self.kind != "clipped_adam" or self.state["step"] == self.count))
 
     def update(self, p, grad, inputs: list, lr) -> tuple:
@@ -151,9 +156,8 @@ class OptimPlan:
         self.lrs = [v[3] for v in shared.values()]
         state = [t for s in self.slots for t in s.inputs]
         self.inputs = state + self.lrs
+        # the written tensors lead the inputs: all state, and the lrs only for ClippedAdam
         self.written = state + (self.lrs if kind == "clipped_adam" else [])
-        #: positions in :attr:`inputs` of the written tensors
-        self.written_at = list(range(len(self.written)))
         self.key = (kind, tuple((s.frozen, len(s.inputs), s.lr_index) for s in self.slots),
                     len(self.lrs))
 

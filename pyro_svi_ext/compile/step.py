@@ -31,7 +31,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
-from pyro_svi_ext.compile.optim_plan import OptimPlan, unsupported_reason
+from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
 from pyro_svi_ext.compile.tracing import (
     Untraceable,
     modules_follow_the_store,
@@ -121,7 +121,7 @@ class CompiledLossAndGrads:
         elbo = self.elbo
         n = len(names)
         n_state = len(plan.inputs) if plan is not None else 0
-        written_at = plan.written_at if plan is not None else []
+        n_written = len(plan.written) if plan is not None else 0
         structure = self.structure
 
         def step(*flat):
@@ -140,7 +140,7 @@ class CompiledLossAndGrads:
             if plan is None:
                 return (loss, *grads)
             with torch.no_grad():
-                old = [p.detach() for p in params] + [state[i] for i in written_at]
+                old = [p.detach() for p in params] + state[:n_written]
                 new_params, new_state = plan.update(old[:n], list(raw), state)
                 finite = torch.isfinite(loss)
                 new = [torch.where(finite, a, b)
@@ -175,8 +175,7 @@ class CompiledLossAndGrads:
         production = gm
         if plan is not None:
             n = len(params)
-            production = _writing_in_place(gm, n, list(range(n)) +
-                                           [n + i for i in plan.written_at])
+            production = _writing_in_place(gm, n, list(range(n + len(plan.written))))
         return gm, production, slots, had_grad
 
     def _backend_graph(self, gm, production, slots, had_grad, inputs, targets, reference,
@@ -346,7 +345,7 @@ class CompiledLossAndGrads:
         self.optim_reason = reason
         if reason is None:
             return OptimPlan(optim, params)
-        if "not" not in reason:  # permanent (type or options), not "not stepped yet"
+        if reason not in TRANSIENT:  # the optimizer's type or options: for good
             self._refused = (optim, reason)
         return None
 

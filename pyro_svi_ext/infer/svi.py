@@ -106,11 +106,15 @@ class SVI(TracePosterior):
 
     def step(self, *args, **kwargs) -> float:
         """One gradient step; returns the loss estimate (float) before the step."""
-        store = pyro.get_param_store()
         if self._whole_step is not None:
             value = self._whole_step(self.model, self.guide, self.optim, args, kwargs)
             if value is not None:
                 return value
+        return self._eager_step(args, kwargs)
+
+    def _eager_step(self, args: tuple, kwargs: dict) -> float:
+        """Loss and gradients (eager or a compiled graph), then the optimizer's step."""
+        store = pyro.get_param_store()
         names_before = set(store.keys())
         try:
             loss, params = self._run_loss_and_grads(args, kwargs)
@@ -139,7 +143,7 @@ class SVI(TracePosterior):
                                      lazy=True)
             if value is not None:
                 return value
-        return torch.tensor(self.step(*args, **kwargs))
+        return torch.tensor(self._eager_step(args, kwargs))
 
     def evaluate_loss(self, *args, **kwargs) -> float:
         """The loss estimate without gradients (float)."""
