@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_svi_ext.compile.matmul_choices import cpu_matmul_choices
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -57,6 +59,7 @@ def _inductor(gm, example_inputs):
         # on CPU, a C++ wrapper calls the kernels (about 20% less time per small step)
         "cpp_wrapper": all(t.device.type == "cpu" for t in example_inputs),
     }
+    gm = cpu_matmul_choices(gm)
     with inductor_config.patch(options), torch.no_grad(), _quiet_inductor_notes(), \
             _static_fake_context(example_inputs) as fake_inputs:
         return compile_fx(gm, fake_inputs)

@@ -34,6 +34,7 @@ _STATIC = {
                      "centered_variance"),
     "sgd": ("momentum", "dampening", "weight_decay", "nesterov", "maximize"),
 }
+_STATE_OF = operator.attrgetter("state")
 _REFUSED = ("amsgrad", "fused", "capturable", "differentiable")
 #: reasons that last only until the eager step has created the optimizer's state
 NOT_STEPPED = "a param has not been stepped yet"
@@ -94,15 +95,6 @@ class _Slot:
             self.inputs = [] if buffer is None else [buffer]
         self.frozen = tuple(sorted(self.static.items()))
 
-    def current(self, optim: pyro.optim.PyroOptim, p: torch.Tensor, lr: float) -> bool:
-        """Whether this slot still describes ``p``'s optimizer (learning rate ``lr``)."""
-        optimizer = self.optimizer
-        group = self.group
-        return (optim.optim_objs.get(p) is optimizer and optimizer.state.get(p) is self.state
-                and group["lr"] == lr
-                and self._static_of(group) == self._static_values
-                and (self.kind != "clipped_adam" or self.state["step"] == self.count))
-
     def update(self, p, grad, inputs: list, lr) -> tuple:
         """Traced: ``(new param, new state inputs)`` for this step's learning rate
         ``lr``; a param without a gradient keeps its values (its eager optimizer skips
@@ -160,15 +152,33 @@ class OptimPlan:
         self.written = state + (self.lrs if kind == "clipped_adam" else [])
         self.key = (kind, tuple((s.frozen, len(s.inputs), s.lr_index) for s in self.slots),
                     len(self.lrs))
+        # what ``current`` compares on every step: one C-level pass per list
+        self._optimizers = [s.optimizer for s in self.slots]
+        self._states = [s.state for s in self.slots]
+        watched = [k for k in _STATIC[kind] if all(k in s.group for s in self.slots)]
+        self._watch = operator.itemgetter("lr", *watched)
+        self._watched = [self._watch(s.group) for s in self.slots]
+        self._counts = [s.count for s in self.slots] if kind == "clipped_adam" else None
 
     def current(self, optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> bool:
-        """Cheap per-step check that the plan still describes ``optim`` and ``params``
-        (a learning rate changed on the host makes a new plan: same graph, new inputs)."""
+        """Cheap per-step check that the plan still describes ``optim`` and ``params``:
+        the same param tensors, torch optimizers, state dicts, learning rates and static
+        hyper-parameters (a learning rate changed on the host makes a new plan: same
+        graph, new inputs)."""
         if optim is not self.optim or len(params) != len(self.params):
             return False
-        lrs = self.lr_values
-        return all(p is q and s.current(optim, p, lrs[s.lr_index])
-                   for p, q, s in zip(params, self.params, self.slots, strict=True))
+        if not all(map(operator.is_, params, self.params)):
+            return False
+        optimizers = list(map(optim.optim_objs.get, params))
+        if not all(map(operator.is_, optimizers, self._optimizers)):
+            return False
+        states = map(dict.get, map(_STATE_OF, optimizers), params)
+        if not all(map(operator.is_, states, self._states)):
+            return False
+        groups = [o.param_groups[0] for o in optimizers]
+        if list(map(self._watch, groups)) != self._watched:
+            return False
+        return self._counts is None or [s.state["step"] for s in self.slots] == self._counts
 
     def update(self, params: list, grads: list, inputs: list) -> tuple[list, list]:
         """Traced: new params and new written inputs (in :attr:`written` order)."""
@@ -194,3 +204,5 @@ class OptimPlan:
             if flag:
                 slot.state["step"] += 1
                 slot.count = slot.state["step"]
+        self._watched = [self._watch(s.group) for s in self.slots]
+        self._counts = [s.count for s in self.slots]

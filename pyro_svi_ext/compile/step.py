@@ -20,6 +20,7 @@ with those the graph was traced for.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,8 +48,8 @@ class StructureChangedError(RuntimeError):
     is disabled), or the model cannot be compiled at all."""
 
 
-def _signature(t: torch.Tensor) -> tuple:
-    return (t.shape, t.dtype, t.device)
+#: ``t -> (t.shape, t.dtype, t.device)``, what the guard compares per tensor
+_signature = operator.attrgetter("shape", "dtype", "device")
 
 
 def _writing_in_place(gm: torch.fx.GraphModule, n_grads: int,
@@ -106,6 +107,7 @@ class CompiledLossAndGrads:
         self.on_dynamic = on_dynamic
         self.cache_size = cache_size
         self.graphs: OrderedDict = OrderedDict()
+        self._last: tuple | None = None  # (key, graph) of the last call: checked first
         self.param_names: list[str] | None = None
         self.dynamic_reason: str | None = None
         #: why the optimizer update runs eagerly (None while it is compiled)
@@ -150,8 +152,9 @@ class CompiledLossAndGrads:
         return step
 
     def _key(self, params, args, kwargs, plan):
-        return (tuple(_signature(p) for p in params),
-                tuple(_signature(a) if torch.is_tensor(a) else ("value", repr(a)) for a in args),
+        return (tuple(map(_signature, params)),
+                tuple(_signature(a) if isinstance(a, torch.Tensor) else ("value", repr(a))
+                      for a in args),
                 repr(sorted(kwargs.items())) if kwargs else "",
                 None if plan is None else plan.key)
 
@@ -250,9 +253,17 @@ class CompiledLossAndGrads:
         graph), or ``(None, None)`` after falling back to eager for good
         (``self.dynamic_reason`` set)."""
         key = self._key(params, args, kwargs, plan)
-        graph = self.graphs.get(key)
+        last = self._last
+        if last is not None and last[0] == key:  # the usual case: as on the last call
+            graph = last[1]
+        else:
+            if last is not None and last[0] in self.graphs:  # it was the most recent
+                self.graphs.move_to_end(last[0])
+            graph = self.graphs.get(key)
+            if graph is not None:
+                self.graphs.move_to_end(key)
+                self._last = (key, graph)
         if graph is not None:
-            self.graphs.move_to_end(key)
             state = plan.inputs if plan is not None else []
             with torch.no_grad():  # the graph computes its gradients itself
                 return graph, graph.run(*params, *state, *[args[i] for i in graph.arg_slots])
@@ -265,6 +276,7 @@ class CompiledLossAndGrads:
             self._give_up(str(why))
             return None, None
         self.graphs[key] = graph
+        self._last = (key, graph)
         while len(self.graphs) > self.cache_size:
             self.graphs.popitem(last=False)
         return graph, outputs
