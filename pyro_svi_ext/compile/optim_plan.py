@@ -154,7 +154,7 @@ class OptimPlan:
                     len(self.lrs))
         # what ``current`` compares on every step: one C-level pass per list
         self._optimizers = [s.optimizer for s in self.slots]
-        self._states = [s.state for s in self.slots]
+        self._state_dicts = [s.optimizer.state for s in self.slots]
         watched = [k for k in _STATIC[kind] if all(k in s.group for s in self.slots)]
         self._watch = operator.itemgetter("lr", *watched)
         self._watched = [self._watch(s.group) for s in self.slots]
@@ -169,11 +169,11 @@ class OptimPlan:
             return False
         if not all(map(operator.is_, params, self.params)):
             return False
-        optimizers = list(map(optim.optim_objs.get, params))
+        optimizers = list(map(optim.optim_objs.get, params))  # cleared on a reload
         if not all(map(operator.is_, optimizers, self._optimizers)):
             return False
-        states = map(dict.get, map(_STATE_OF, optimizers), params)
-        if not all(map(operator.is_, states, self._states)):
+        # loading a torch optimizer's state replaces its ``state`` and ``param_groups``
+        if not all(map(operator.is_, map(_STATE_OF, optimizers), self._state_dicts)):
             return False
         groups = [o.param_groups[0] for o in optimizers]
         if list(map(self._watch, groups)) != self._watched:

@@ -265,8 +265,12 @@ class CompiledLossAndGrads:
                 self._last = (key, graph)
         if graph is not None:
             state = plan.inputs if plan is not None else []
-            with torch.no_grad():  # the graph computes its gradients itself
+            grad_was = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)  # the graph computes its gradients itself
+            try:
                 return graph, graph.run(*params, *state, *[args[i] for i in graph.arg_slots])
+            finally:
+                torch._C._set_grad_enabled(grad_was)
         if self.graphs and self.on_change == "raise":
             raise StructureChangedError(self._describe_change(key))
         try:
