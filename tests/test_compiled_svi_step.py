@@ -2,6 +2,7 @@
 gives the eager step's losses, parameters and optimizer state after K steps."""
 
 import copy
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -260,6 +261,20 @@ def test_compiled_renyi_step_equals_eager_renyi_step(name, vectorize):
     ours = run(elbo, case(name), OPTIMIZERS["adam"]())
     assert_whole_step_compiled(elbo)
     assert_same(ours, run(pyro_svi_ext.RenyiELBO(**kwargs), case(name), OPTIMIZERS["adam"]()))
+
+
+def test_auto_backend_steps_past_a_graph_inductor_gets_wrong():
+    """torch 2.13's inductor computes the history-2 HMM's step wrongly (with one
+    allocation per buffer it corrupted the heap and aborted the process): the auto
+    backend must notice on the first compiled step and take the next exact backend."""
+    kwargs = {"max_plate_nesting": 0}
+    elbo = JitTraceEnum_ELBO(**kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "compile backend inductor", RuntimeWarning)
+        ours = run(elbo, case("hmm_history2"), OPTIMIZERS["adam"](), steps=4)
+    assert_whole_step_compiled(elbo)
+    assert_same(ours, run(TraceEnum_ELBO(**kwargs), case("hmm_history2"),
+                          OPTIMIZERS["adam"](), steps=4))
 
 
 @pytest.mark.parametrize("compiled, eager, name, kwargs", [
