@@ -53,18 +53,20 @@ def _inductor(gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx
     except ImportError:  # pragma: no cover - older or newer torch layouts
         return torch.compile(gm, backend="inductor", dynamic=False)
+    on_cpu = all(t.device.type == "cpu" for t in example_inputs)
     options = {
         # random ops call aten's generators, so compiled steps draw what eager steps draw
         "fallback_random": True,
         # on CPU, a C++ wrapper calls the kernels (about 20% less time per small step)
-        "cpp_wrapper": all(t.device.type == "cpu" for t in example_inputs),
+        "cpp_wrapper": on_cpu,
         # the generated code checks each fallback op's output layout on every call
         # (building a std::stringstream each time: 10-20% of a small step); shapes are
         # static here, and the compiled step is checked against the traced graph once
         "size_asserts": False,
-        # one pooled allocation per call instead of one per buffer (malloc was a quarter
-        # of a RenyiELBO step with 8 sequential particles)
-        "memory_planning": True,
+        # on CPU, one pooled allocation per call instead of one per buffer (malloc was a
+        # quarter of a RenyiELBO step with 8 sequential particles); CUDA's caching
+        # allocator makes buffers cheap already
+        "memory_planning": on_cpu,
     }
     gm = cpu_matmul_choices(gm)
     with inductor_config.patch(options), torch.no_grad(), _quiet_inductor_notes(), \
