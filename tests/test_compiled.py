@@ -292,3 +292,22 @@ def test_auto_backend_drops_a_failing_backend_and_stays_exact(failure, monkeypat
         ours = run_svi(elbo, case)
     assert compiled_step(elbo).backend.name == "jit" and compiled_step(elbo).graphs
     assert_same_run(ours, run_svi(Trace_ELBO(), case))
+
+
+def test_inductor_compiles_large_graphs_with_a_lifted_recursion_limit():
+    """Inductor's memory planner recurses with the graph's size; the limit is lifted for
+    the compile only, and the caller's limit comes back."""
+    import sys
+
+    from pyro_svi_ext.compile.backends import _recursion_limit_for
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    for _ in range(9000):
+        x = graph.call_function(torch.neg, (x,))
+    graph.output(x)
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    before = sys.getrecursionlimit()
+    with _recursion_limit_for(gm):
+        assert sys.getrecursionlimit() >= max(before, len(gm.graph.nodes))
+    assert sys.getrecursionlimit() == before

@@ -5,6 +5,7 @@ into a callable. Picked by name; third parties add theirs through the
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -70,8 +71,24 @@ def _inductor(gm, example_inputs):
     }
     gm = cpu_matmul_choices(gm)
     with inductor_config.patch(options), torch.no_grad(), _quiet_inductor_notes(), \
-            _static_fake_context(example_inputs) as fake_inputs:
+            _recursion_limit_for(gm), _static_fake_context(example_inputs) as fake_inputs:
         return compile_fx(gm, fake_inputs)
+
+
+@contextmanager
+def _recursion_limit_for(gm):
+    """Inductor's memory planner recurses about once per 10 graph nodes (an HMM unrolled
+    over T=100, 8,000 nodes: 825 frames deep, over Python's limit when called from a
+    deep stack); lift the limit while compiling, then put it back."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, min(_MAX_RECURSION, 3000 + len(gm.graph.nodes))))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+_MAX_RECURSION = 30000
 
 
 @contextmanager
