@@ -1,6 +1,7 @@
 """Compiled steps (Jit* estimators): exactly the eager step's numbers, guarded structure,
 safe fallback for models that cannot be traced."""
 
+import dataclasses
 import types
 
 import pyro
@@ -24,7 +25,8 @@ from pyro_svi_ext import (
 from pyro_svi_ext.compile import StructureChangedError
 
 EAGER_OF = {JitTrace_ELBO: Trace_ELBO, JitTraceEnum_ELBO: TraceEnum_ELBO,
-            JitTraceGraph_ELBO: TraceGraph_ELBO}
+            JitTraceGraph_ELBO: TraceGraph_ELBO,
+            pyro_svi_ext.JitRenyiELBO: pyro_svi_ext.RenyiELBO}
 # every shape of the parity suites compiles, but for two that cannot be traced:
 # decaying-average baselines write the param store each step, and a guide indexing a
 # tensor with a sampled 0-dim tensor (``pb[a.long()]``) reads a value into Python
@@ -203,6 +205,9 @@ def test_nonfinite_loss_is_caught_in_compiled_steps():
     (JitTrace_ELBO, next(c for c in CASES if c.name == "nonreparam_in_plate")),
     (JitTraceGraph_ELBO, next(c for c in GRAPH_CASES if c.name == "sequential_chain")),
     (JitTraceEnum_ELBO, next(c for c in ENUM_CASES if c.name == "hmm_history2")),
+    (pyro_svi_ext.JitRenyiELBO, dataclasses.replace(
+        next(c for c in CASES if c.name == "nonreparam_in_plate"),
+        elbo_kwargs={"alpha": 0.5, "num_particles": 3})),
 ], ids=lambda x: getattr(x, "name", None) or getattr(x, "__name__", str(x)))
 def test_torchscript_backend_is_exact_and_says_once_it_is_legacy(cls, case, recwarn):
     from pyro_svi_ext.compile import backends

@@ -78,9 +78,7 @@ class _Slot:
         (self.group,) = optimizer.param_groups
         self.state = optimizer.state[p]
         keys = [k for k in _STATIC[kind] if k in self.group]
-        self._static_of = operator.itemgetter(*keys)
-        self._static_values = self._static_of(self.group)
-        self.static = dict(zip(keys, self._static_values, strict=True))
+        self.static = {k: self.group[k] for k in keys}
         state = self.state
         if kind == "adam":
             if state["step"].device != p.device:  # step counts live beside their param
