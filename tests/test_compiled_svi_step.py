@@ -80,7 +80,7 @@ def the_step(elbo):
 def assert_whole_step_compiled(elbo):
     step = the_step(elbo)
     assert step.optim_reason is None and step.dynamic_reason is None
-    assert [k[3] is not None for k in step.graphs] == [True]
+    assert [k[-1] is not None for k in step.graphs] == [True]
 
 
 @pytest.mark.parametrize("optim", OPTIMIZERS, ids=str)
@@ -148,7 +148,7 @@ def test_an_optimizer_without_compiled_update_keeps_eager_updates():
     rmsprop = lambda: pyro.optim.RMSprop({"lr": 0.01})  # noqa: E731
     ours = run(elbo, case("plate"), rmsprop())
     assert "RMSprop has no compiled update" in the_step(elbo).optim_reason
-    assert [k[3] for k in the_step(elbo).graphs] == [None]  # loss and grads compiled
+    assert [k[-1] for k in the_step(elbo).graphs] == [None]  # loss and grads compiled
     assert_same(ours, run(Trace_ELBO(), case("plate"), rmsprop()))
 
 
@@ -264,6 +264,46 @@ def test_compiled_renyi_step_equals_eager_renyi_step(name, vectorize):
     ours = run(elbo, case(name), OPTIMIZERS["adam"]())
     assert_whole_step_compiled(elbo)
     assert_same(ours, run(pyro_svi_ext.RenyiELBO(**kwargs), case(name), OPTIMIZERS["adam"]()))
+
+
+AVERAGE = "__baseline_avg_downstream_cost_"
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("name", ["baseline_decaying_average", "baseline_nn_and_average"])
+@pytest.mark.parametrize("optim", ["adam", "rmsprop"])
+def test_decaying_average_baselines_are_state_of_the_compiled_step(optim, name, backend):
+    """The averages live in the param store; the compiled step reads them as inputs and
+    writes their update in place (whole step with Adam; loss-and-gradients graph with
+    RMSprop's eager update), and they follow the eager step's values."""
+    make = {"adam": OPTIMIZERS["adam"], "rmsprop": lambda: pyro.optim.RMSprop({"lr": 0.01})}
+    elbo = pyro_svi_ext.JitTraceGraph_ELBO(backend=backend)
+    ours = run(elbo, case(name), make[optim](), steps=6)
+    step = the_step(elbo)
+    assert step.dynamic_reason is None and step.graphs
+    assert step.side_names and all(n.startswith(AVERAGE) for n in step.side_names)
+    assert (step.optim_reason is None) is (optim == "adam")
+    theirs = run(pyro_svi_ext.TraceGraph_ELBO(), case(name), make[optim](), steps=6)
+    assert_same(ours, theirs)
+    averages = {k: v for k, v in ours[1].items() if k.startswith(AVERAGE)}
+    assert averages and all(bool(v.abs().sum() > 0) for v in averages.values())
+
+
+def test_a_failed_compiled_step_leaves_the_baseline_averages_alone():
+    elbo = pyro_svi_ext.JitTraceGraph_ELBO(backend="eager")
+    pyro.clear_param_store()
+    model, guide, args = case("baseline_decaying_average").build()
+    svi = SVI(model, guide, OPTIMIZERS["adam"](), elbo)
+    for _ in range(3):
+        svi.step(*args)
+    assert_whole_step_compiled(elbo)
+    store = pyro.get_param_store()
+    before = {k: v.detach().clone() for k, v in store.items()}
+    bad = tuple(torch.full_like(a, float("inf")) if torch.is_tensor(a) else a for a in args)
+    with pytest.raises(pyro_svi_ext.NonFiniteLossError):
+        svi.step(*bad)
+    for k, v in before.items():
+        torch.testing.assert_close(store[k].detach(), v, rtol=0, atol=0)
 
 
 def test_auto_backend_steps_past_a_graph_inductor_gets_wrong():

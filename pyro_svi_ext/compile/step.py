@@ -2,13 +2,17 @@
 
 Two graphs can be traced from the same estimator:
 
-- *loss and gradients*: inputs ``(*params, *arg_tensors)``, outputs ``(loss, *grads)``;
-  used by ``ELBO.loss_and_grads`` and by :class:`~pyro_svi_ext.SVI` with an optimizer
-  that has no compiled update.
-- *the whole SVI step*: inputs ``(*params, *optimizer_state, *arg_tensors)``, outputs
-  ``(loss, *grads, *new_params, *new_optimizer_state)``; the new values are copied back
-  into the param store's tensors and the optimizer's own state tensors. Updates are
-  masked by ``isfinite(loss)``: a step with a non-finite loss changes nothing.
+- *loss and gradients*: inputs ``(*params, *side_state, *arg_tensors)``, outputs
+  ``(loss, *grads)``, the new side state written in place; used by ``ELBO.loss_and_grads`` and by
+  :class:`~pyro_svi_ext.SVI` with an optimizer that has no compiled update.
+- *the whole SVI step*: inputs ``(*params, *optimizer_state, *side_state,
+  *arg_tensors)``, output ``(loss,)``; the new params, optimizer state and side state
+  are copied into the param store's tensors and the optimizer's own state tensors in
+  place.
+
+Side state is what an estimator rewrites in the param store outside any optimizer
+(``ELBO._side_state``: TraceGraph's decaying-average baselines). All updates are
+masked by ``isfinite(loss)``: a step with a non-finite loss changes nothing.
 
 Both are traced with fake tensors, so a model whose Python control flow depends on
 tensor *values* cannot be traced: that is detected at trace time and the step falls
@@ -52,18 +56,19 @@ class StructureChangedError(RuntimeError):
 _signature = operator.attrgetter("shape", "dtype", "device")
 
 
-def _writing_in_place(gm: torch.fx.GraphModule, n_grads: int,
+def _writing_in_place(gm: torch.fx.GraphModule, kept: int, n_grads: int,
                       targets: list[int]) -> torch.fx.GraphModule:
     """``gm`` (outputs ``(loss, *grads, *new_values)``) rewritten to copy each new value
-    into its input ``targets[i]`` in place and to output ``(loss,)`` only; the gradients
-    it no longer returns are fused into the update by the backend."""
+    into its input ``targets[i]`` in place and to output its first ``kept`` outputs only
+    (``(loss,)`` for a whole step, whose gradients are fused into the update by the
+    backend)."""
     graph = torch.fx.Graph()
     outputs = graph.graph_copy(gm.graph, {})
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    loss, new_values = outputs[0], outputs[1 + n_grads:]
+    new_values = outputs[1 + n_grads:]
     for at, value in zip(targets, new_values, strict=True):
         graph.call_function(torch.ops.aten.copy_.default, (placeholders[at], value))
-    graph.output((loss,))
+    graph.output(tuple(outputs[:kept]))
     graph.eliminate_dead_code()
     return torch.fx.GraphModule(gm, graph)
 
@@ -77,7 +82,7 @@ class _Graph:
     arg_slots: list[int]
     had_grad: list[bool]
     reference: torch.fx.GraphModule  # the traced graph, functional, all outputs
-    in_place: bool  # ``run`` writes the new values into its inputs, returns ``(loss,)``
+    kept: int  # outputs ``run`` returns (it writes the new values into its inputs)
 
 
 class CompiledLossAndGrads:
@@ -109,6 +114,9 @@ class CompiledLossAndGrads:
         self.graphs: OrderedDict = OrderedDict()
         self._last: tuple | None = None  # (key, graph) of the last call: checked first
         self.param_names: list[str] | None = None
+        #: param-store entries the step rewrites outside the optimizer (see
+        #: ``ELBO._side_state``), recorded with ``param_names`` by the first eager call
+        self.side_names: list[str] = []
         self.dynamic_reason: str | None = None
         #: why the optimizer update runs eagerly (None while it is compiled)
         self.optim_reason: str | None = None
@@ -124,47 +132,55 @@ class CompiledLossAndGrads:
         n = len(names)
         n_state = len(plan.inputs) if plan is not None else 0
         n_written = len(plan.written) if plan is not None else 0
+        side_names = self.side_names
+        n_side = len(side_names)
         structure = self.structure
 
         def step(*flat):
             params, state = list(flat[:n]), list(flat[n:n + n_state])
+            side_old = list(flat[n + n_state:n + n_state + n_side])
+            side = dict(zip(side_names, side_old, strict=True))
             call_args = list(args)
-            for slot, value in zip(arg_slots, flat[n + n_state:], strict=True):
+            for slot, value in zip(arg_slots, flat[n + n_state + n_side:], strict=True):
                 call_args[slot] = value
             with params_bound_to(names, params), modules_follow_the_store(), \
                     pyro_modules_bound_to((model, guide), names, params), \
-                    elbo._replaying(structure):
+                    elbo._replaying(structure), elbo._side_state_in(side):
                 loss, surrogate = elbo._objective(model, guide, tuple(call_args), kwargs)
                 raw = torch.autograd.grad(-surrogate, params, allow_unused=True)
             had_grad[:] = [g is not None for g in raw]
             grads = [torch.zeros_like(p) if g is None else g
                      for p, g in zip(params, raw, strict=True)]
-            if plan is None:
-                return (loss, *grads)
             with torch.no_grad():
-                old = [p.detach() for p in params] + state[:n_written]
-                new_params, new_state = plan.update(old[:n], list(raw), state)
+                old = side_old
+                new = [side[k].detach() for k in side_names]
+                if plan is not None:
+                    old = [p.detach() for p in params] + state[:n_written] + side_old
+                    new_params, new_state = plan.update(old[:n], list(raw), state)
+                    new = new_params + new_state + new
+                # a step with a non-finite loss changes no state
                 finite = torch.isfinite(loss)
-                new = [torch.where(finite, a, b)
-                       for a, b in zip(new_params + new_state, old, strict=True)]
+                new = [torch.where(finite, a, b) for a, b in zip(new, old, strict=True)]
             return (loss, *grads, *new)
 
         return step
 
-    def _key(self, params, args, kwargs, plan):
-        return (tuple(map(_signature, params)),
+    def _key(self, params, side, args, kwargs, plan):
+        return (tuple(map(_signature, params)), tuple(map(_signature, side)),
                 tuple(_signature(a) if isinstance(a, torch.Tensor) else ("value", repr(a))
                       for a in args),
                 repr(sorted(kwargs.items())) if kwargs else "",
                 None if plan is None else plan.key)
 
     def _trace(self, model, guide, params, args, kwargs, plan):
-        """``(traced graph, production graph, tensor-argument slots, had_grad)``;
-        :class:`Untraceable` when the model cannot be traced statically."""
+        """``(traced graph, production graph, tensor-argument slots, had_grad, outputs
+        the production graph returns)``; :class:`Untraceable` when the model cannot be
+        traced statically. The production graph writes the new values (params and
+        optimizer state for a whole step, side state) into its inputs."""
         slots = [i for i, a in enumerate(args) if torch.is_tensor(a)]
         state = plan.inputs if plan is not None else []
         inputs = ([p.detach().requires_grad_() for p in params] + list(state)
-                  + [args[i] for i in slots])
+                  + [t.detach() for t in self._store_side()] + [args[i] for i in slots])
         had_grad: list[bool] = []
         fn = self._traced(model, guide, kwargs, slots, args, plan, had_grad)
         try:
@@ -175,18 +191,21 @@ class CompiledLossAndGrads:
         except Exception as err:  # the model cannot be traced statically
             raise Untraceable(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
         self.compiles += 1
-        production = gm
-        if plan is not None:
-            n = len(params)
-            production = _writing_in_place(gm, n, list(range(n + len(plan.written))))
-        return gm, production, slots, had_grad
+        n, n_side = len(params), len(self.side_names)
+        if plan is not None:  # params, optimizer state, side state; returns (loss,)
+            targets = list(range(n + len(plan.written)))
+            targets += list(range(n + len(plan.inputs), n + len(plan.inputs) + n_side))
+            return gm, _writing_in_place(gm, 1, n, targets), slots, had_grad, 1
+        if n_side:  # side state only; returns (loss, *grads)
+            production = _writing_in_place(gm, 1 + n, n, list(range(n, n + n_side)))
+            return gm, production, slots, had_grad, 1 + n
+        return gm, gm, slots, had_grad, 1 + n
 
-    def _backend_graph(self, gm, production, slots, had_grad, inputs, targets, reference,
-                       devices) -> _Graph:
+    def _backend_graph(self, gm, production, slots, had_grad, kept, inputs, targets,
+                       reference, devices) -> _Graph:
         """Compile ``production`` with the first backend that compiles it and matches
         the traced graph's ``reference`` outputs on the same draws; a failing backend is
         dropped (with a warning when another one takes over)."""
-        in_place = bool(targets)
         failures = []
         for backend in list(self.backends):
             copies = {id(t): t.clone() for t in targets}
@@ -194,10 +213,8 @@ class CompiledLossAndGrads:
                 run = backend.compile(production, inputs)
                 with torch.no_grad(), torch.random.fork_rng(devices=devices):
                     compiled = run(*[copies.get(id(t), t) for t in inputs])
-                got = ([compiled[0], *[copies[id(t)] for t in targets]] if in_place
-                       else list(compiled))
-                want = ([reference[0], *reference[len(reference) - len(targets):]]
-                        if in_place else list(reference))
+                got = [*compiled[:kept], *[copies[id(t)] for t in targets]]
+                want = [*reference[:kept], *reference[len(reference) - len(targets):]]
                 if not _all_close(want, got):
                     raise ArithmeticError("its results differ from the traced graph's")
             except Exception as err:
@@ -210,7 +227,7 @@ class CompiledLossAndGrads:
                                   RuntimeWarning, stacklevel=6)
                     continue
                 raise Untraceable(f"backend {failures[-1]}") from err
-            return _Graph(run, slots, had_grad, gm, in_place)
+            return _Graph(run, slots, had_grad, gm, kept)
         raise Untraceable("no compile backend: " + "; ".join(failures))  # pragma: no cover
 
     def _compile_and_verify(self, model, guide, params, args, kwargs, plan):
@@ -219,23 +236,29 @@ class CompiledLossAndGrads:
         trace could not see, e.g. module weights outside the param store, makes the
         model untraceable), and the compiled graph the traced graph's results. Returns
         ``(graph, traced outputs (loss, *grads, *new_values))``."""
-        gm, production, slots, had_grad = self._trace(model, guide, params, args, kwargs,
-                                                      plan)
+        gm, production, slots, had_grad, kept = self._trace(model, guide, params, args,
+                                                            kwargs, plan)
         state = plan.inputs if plan is not None else []
-        inputs = [*params, *state, *[args[i] for i in slots]]
-        targets = params + plan.written if plan is not None else []
+        side = self._store_side()
+        inputs = [*params, *state, *side, *[args[i] for i in slots]]
+        targets = (params + plan.written if plan is not None else []) + side
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
         start = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             reference = gm(*inputs)
-        graph = self._backend_graph(gm, production, slots, had_grad, inputs, targets,
+        graph = self._backend_graph(gm, production, slots, had_grad, kept, inputs, targets,
                                     reference, devices)
-        with torch.enable_grad():
+        # the eager step on the same draws, its side state updated in a scratch copy
+        scratch = {k: t.detach().clone() for k, t in zip(self.side_names, side, strict=True)}
+        with torch.enable_grad(), self.elbo._side_state_in(scratch):
             loss, surrogate = self.elbo._objective(model, guide, args, kwargs)
             eager = torch.autograd.grad(-surrogate, params, allow_unused=True)
         eager = [torch.zeros_like(p) if g is None else g
                  for p, g in zip(params, eager, strict=True)]
-        if not _all_close([loss.detach(), *eager], reference[:1 + len(params)]):
+        eager_side = [scratch[k] for k in self.side_names]
+        traced_side = reference[len(reference) - len(side):] if side else []
+        if not _all_close([loss.detach(), *eager, *eager_side],
+                          [*reference[:1 + len(params)], *traced_side]):
             # leave the random state as it was: the eager fallback redraws
             torch.set_rng_state(start[0])
             for d, rng in zip(devices, start[1], strict=True):
@@ -243,16 +266,16 @@ class CompiledLossAndGrads:
             raise Untraceable("the compiled graph disagrees with the eager step (the model "
                               "uses state outside pyro.param, e.g. weights of a module "
                               "registered with pyro.module)")
-        if plan is not None:  # commit the reference step's new values
+        if targets:  # commit the reference step's new values
             with torch.no_grad():
                 torch._foreach_copy_(targets, list(reference[1 + len(params):]))
         return graph, reference
 
-    def _run(self, model, guide, params, args, kwargs, plan):
+    def _run(self, model, guide, params, side, args, kwargs, plan):
         """The graph and its outputs for this call (compiling and verifying a new
         graph), or ``(None, None)`` after falling back to eager for good
         (``self.dynamic_reason`` set)."""
-        key = self._key(params, args, kwargs, plan)
+        key = self._key(params, side, args, kwargs, plan)
         last = self._last
         if last is not None and last[0] == key:  # the usual case: as on the last call
             graph = last[1]
@@ -268,7 +291,8 @@ class CompiledLossAndGrads:
             grad_was = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # the graph computes its gradients itself
             try:
-                return graph, graph.run(*params, *state, *[args[i] for i in graph.arg_slots])
+                return graph, graph.run(*params, *state, *side,
+                                        *[args[i] for i in graph.arg_slots])
             finally:
                 torch._C._set_grad_enabled(grad_was)
         if self.graphs and self.on_change == "raise":
@@ -291,9 +315,17 @@ class CompiledLossAndGrads:
         return self.backends[0]
 
     def _store_params(self) -> list[torch.Tensor]:
+        return self._from_store(self.param_names)
+
+    def _store_side(self) -> list[torch.Tensor]:
+        """The side state's tensors (e.g. decaying-average baselines), in the store."""
+        return self._from_store(self.side_names) if self.side_names else []
+
+    @staticmethod
+    def _from_store(names: list[str]) -> list[torch.Tensor]:
         params = pyro.get_param_store()._params
         try:
-            return [params[n] for n in self.param_names]
+            return [params[n] for n in names]
         except KeyError as missing:
             raise StructureChangedError(f"param {missing} left the param store since the "
                                         "step was compiled") from None
@@ -313,13 +345,16 @@ class CompiledLossAndGrads:
             if self.param_names is None:
                 self.param_names = sorted(params)
                 self.structure = self.elbo._static_structure()
+                self.side_names = self.elbo._side_state()
             return loss, params
         params = self._store_params()
-        graph, outputs = self._run(model, guide, params, args, kwargs, None)
+        graph, outputs = self._run(model, guide, params, self._store_side(), args, kwargs,
+                                   None)
         if graph is None:
             return self.eager(model, guide, args, kwargs)
         value = self._checked_loss(outputs[0], model, guide, args, kwargs)
-        for p, g, used in zip(params, outputs[1:], graph.had_grad, strict=True):
+        grads = outputs[1:1 + len(params)]
+        for p, g, used in zip(params, grads, graph.had_grad, strict=True):
             if used:
                 p.grad = g if p.grad is None else p.grad + g
         return value, dict(zip(self.param_names, params, strict=True))
@@ -343,7 +378,8 @@ class CompiledLossAndGrads:
             plan = self._plan = self._new_plan(optim, params)
             if plan is None:
                 return None
-        graph, outputs = self._run(model, guide, params, args, kwargs, plan)
+        graph, outputs = self._run(model, guide, params, self._store_side(), args, kwargs,
+                                   plan)
         if graph is None:
             return None
         if lazy:
@@ -373,13 +409,15 @@ class CompiledLossAndGrads:
                       f"compiled ({reason})", RuntimeWarning, stacklevel=5)
 
     def _describe_change(self, key) -> str:
-        old_params, old_args, old_kwargs, _ = next(reversed(self.graphs))
-        new_params, new_args, new_kwargs, _ = key
-        for what, old, new in (("param", old_params, new_params), ("argument", old_args,
-                                                                    new_args)):
+        old_params, old_side, old_args, old_kwargs, _ = next(reversed(self.graphs))
+        new_params, new_side, new_args, new_kwargs, _ = key
+        for what, old, new in (("param", old_params, new_params),
+                               ("param", old_side, new_side),
+                               ("argument", old_args, new_args)):
+            names = self.param_names if old is old_params else self.side_names
             for i, (a, b) in enumerate(zip(old, new, strict=False)):
                 if a != b:
-                    name = self.param_names[i] if what == "param" else f"#{i}"
+                    name = names[i] if what == "param" else f"#{i}"
                     return (f"{what} {name} changed from {_show(a)} to {_show(b)} since the "
                             "step was compiled")
             if len(old) != len(new):

@@ -204,6 +204,18 @@ class ELBO:
         """Context for tracing with ``structure`` from :meth:`_static_structure`."""
         yield
 
+    def _side_state(self) -> list[str]:
+        """Param-store entries the last eager step rewrote outside any optimizer (none
+        here; TraceGraph_ELBO's decaying-average baselines): a compiled step carries
+        them as state it updates in place."""
+        return []
+
+    @contextmanager
+    def _side_state_in(self, values: dict):
+        """Context in which the entries of :meth:`_side_state` are read from and written
+        to ``values`` (name -> tensor) instead of the param store."""
+        yield
+
     def _ascend(self, pairs: list[TracePair], objective, extra_params=None) -> dict:
         """Backpropagate ``-objective`` (when any param reaches it); returns the params
         touched by the particles (name -> unconstrained tensor)."""

@@ -56,16 +56,44 @@ class BaselineOptions:
         return opts
 
 
-def _baseline(name: str, site: Site, cost: torch.Tensor):
-    """``(baseline or None, loss that trains it or 0)`` for one site's downstream cost."""
+class _StoreAverages:
+    """Decaying averages kept in the param store (eager steps): read, created at zero
+    when missing, and replaced by their update."""
+
+    def read(self, name: str, cost: torch.Tensor) -> torch.Tensor:
+        store = pyro.get_param_store()  # not pyro.param: the average is no optimizer's
+        with torch.no_grad():
+            return store.get_param(name, torch.zeros(cost.shape, device=cost.device))
+
+    def write(self, name: str, value: torch.Tensor) -> None:
+        pyro.get_param_store()[name] = value
+
+
+class _BoundAverages:
+    """Decaying averages held in ``values`` (name -> tensor) while a compiled step is
+    traced: read from its inputs, updated values left in ``values``."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def read(self, name: str, cost: torch.Tensor) -> torch.Tensor:
+        return self.values[name]
+
+    def write(self, name: str, value: torch.Tensor) -> None:
+        self.values[name] = value
+
+
+def _baseline(name: str, site: Site, cost: torch.Tensor, averages, used: list):
+    """``(baseline or None, loss that trains it or 0)`` for one site's downstream cost;
+    a decaying average is read from and written to ``averages``, its name appended to
+    ``used``."""
     opts = BaselineOptions.of(site)
     baseline = None
     if opts.use_decaying_avg_baseline:
         param_name = AVG_BASELINE_PREFIX + name
-        store = pyro.get_param_store()  # not pyro.param: the average is no optimizer's
-        with torch.no_grad():
-            average = store.get_param(param_name, torch.zeros(cost.shape, device=cost.device))
-        store[param_name] = decayed_average(average, cost, opts.baseline_beta)
+        average = averages.read(param_name, cost)
+        averages.write(param_name, decayed_average(average, cost, opts.baseline_beta))
+        used.append(param_name)
         baseline = average
     if opts.nn_baseline is not None:
         learned = opts.nn_baseline(opts.nn_baseline_input.detach())
@@ -140,8 +168,24 @@ class TraceGraph_ELBO(ELBO):
     _replayed: Structure | None = None
     _last_structure: Structure | None = None
 
+    #: where decaying averages live: the param store, or a compiled step's trace
+    _averages: _StoreAverages | _BoundAverages = _StoreAverages()
+    _last_averages: tuple[str, ...] = ()
+
     def _static_structure(self) -> Structure | None:
         return self._last_structure
+
+    def _side_state(self) -> list[str]:
+        """The decaying averages the last eager particle updated (param-store names)."""
+        return sorted(set(self._last_averages))
+
+    @contextmanager
+    def _side_state_in(self, values: dict):
+        self._averages = _BoundAverages(values)
+        try:
+            yield
+        finally:
+            del self._averages
 
     @contextmanager
     def _replaying(self, structure: Structure | None):
@@ -168,6 +212,7 @@ class TraceGraph_ELBO(ELBO):
         structure = self._replayed
         if structure is None:
             structure = self._last_structure = dependency_structure(pair)
+        used: list[str] = []
         for name, terms in downstream_terms(pair, structure).items():
             site = pair.guide.get(name)
             if site is None:  # a model-only latent: no guide score to weight
@@ -175,10 +220,12 @@ class TraceGraph_ELBO(ELBO):
             frames = site.plate_frames
             cost = reduce_costs(
                 [(value, [f.dim for f in group if f not in frames]) for group, value in terms])
-            baseline, loss = _baseline(name, site, cost)
+            baseline, loss = _baseline(name, site, cost, self._averages, used)
             if baseline is not None:
                 cost = cost - baseline
                 surrogate = surrogate - loss
             score = untrack(site.score_function)
             surrogate = surrogate + (score * cost.detach()).sum()
+        if self._replayed is None:
+            self._last_averages = tuple(used)
         return surrogate
