@@ -2,7 +2,6 @@
 gives the eager step's losses, parameters and optimizer state after K steps."""
 
 import copy
-import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -306,15 +305,13 @@ def test_a_failed_compiled_step_leaves_the_baseline_averages_alone():
         torch.testing.assert_close(store[k].detach(), v, rtol=0, atol=0)
 
 
-def test_auto_backend_steps_past_a_graph_inductor_gets_wrong():
-    """torch 2.13's inductor computes the history-2 HMM's step wrongly (with one
-    allocation per buffer it corrupted the heap and aborted the process): the auto
-    backend must notice on the first compiled step and take the next exact backend."""
+def test_inductor_is_exact_on_the_history_2_hmm():
+    """torch 2.13's masked tail-loop vectorization writes out of bounds on this graph
+    (wrong numbers with pooled buffers, a corrupted heap and an abort without): the
+    inductor backend turns it off, so the graph compiles and matches the eager step."""
     kwargs = {"max_plate_nesting": 0}
-    elbo = JitTraceEnum_ELBO(**kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*compile backend inductor", RuntimeWarning)
-        ours = run(elbo, case("hmm_history2"), OPTIMIZERS["adam"](), steps=4)
+    elbo = JitTraceEnum_ELBO(backend="inductor", **kwargs)
+    ours = run(elbo, case("hmm_history2"), OPTIMIZERS["adam"](), steps=4)
     assert_whole_step_compiled(elbo)
     assert_same(ours, run(TraceEnum_ELBO(**kwargs), case("hmm_history2"),
                           OPTIMIZERS["adam"](), steps=4))

@@ -68,6 +68,10 @@ def _inductor(gm, example_inputs):
         # quarter of a RenyiELBO step with 8 sequential particles); CUDA's caching
         # allocator makes buffers cheap already
         "memory_planning": on_cpu,
+        # torch 2.13's masked vectorization of tail loops writes out of bounds on some
+        # graphs (enumerated HMMs with 3 or 4 states: wrong results, or a corrupted heap
+        # and an aborted process with one allocation per buffer); tails run scalar
+        "cpp.enable_loop_tail_vec": False,
     }
     gm = cpu_matmul_choices(gm)
     with inductor_config.patch(options), torch.no_grad(), _quiet_inductor_notes(), \
