@@ -138,12 +138,11 @@ class OptimPlan:
             lr = slot.group["lr"]
             share = (lr, p.device, slot.static.get("lrd"))
             if share not in shared:
-                shared[share] = (len(shared), lr, slot.static.get("lrd"),
+                shared[share] = (len(shared), slot.static.get("lrd"),
                                  torch.tensor(float(lr), dtype=torch.float64, device=p.device))
             slot.lr_index = shared[share][0]
-        self.lr_values = [v[1] for v in shared.values()]
-        self.lrd = [v[2] for v in shared.values()]
-        self.lrs = [v[3] for v in shared.values()]
+        self.lrd = [v[1] for v in shared.values()]
+        self.lrs = [v[2] for v in shared.values()]
         state = [t for s in self.slots for t in s.inputs]
         self.inputs = state + self.lrs
         # the written tensors lead the inputs: all state, and the lrs only for ClippedAdam
@@ -198,7 +197,6 @@ class OptimPlan:
             return
         for slot, flag in zip(self.slots, had_grad, strict=True):
             slot.group["lr"] *= slot.group["lrd"]
-            self.lr_values[slot.lr_index] = slot.group["lr"]
             if flag:
                 slot.state["step"] += 1
                 slot.count = slot.state["step"]

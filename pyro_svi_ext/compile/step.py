@@ -3,8 +3,9 @@
 Two graphs can be traced from the same estimator:
 
 - *loss and gradients*: inputs ``(*params, *side_state, *arg_tensors)``, outputs
-  ``(loss, *grads)``, the new side state written in place; used by ``ELBO.loss_and_grads`` and by
-  :class:`~pyro_svi_ext.SVI` with an optimizer that has no compiled update.
+  ``(loss, *grads)``, the new side state written in place; used by
+  ``ELBO.loss_and_grads`` and by :class:`~pyro_svi_ext.SVI` with an optimizer that has
+  no compiled update.
 - *the whole SVI step*: inputs ``(*params, *optimizer_state, *side_state,
   *arg_tensors)``, output ``(loss,)``; the new params, optimizer state and side state
   are copied into the param store's tensors and the optimizer's own state tensors in
@@ -172,7 +173,7 @@ class CompiledLossAndGrads:
                 repr(sorted(kwargs.items())) if kwargs else "",
                 None if plan is None else plan.key)
 
-    def _trace(self, model, guide, params, args, kwargs, plan):
+    def _trace(self, model, guide, params, side, args, kwargs, plan):
         """``(traced graph, production graph, tensor-argument slots, had_grad, outputs
         the production graph returns)``; :class:`Untraceable` when the model cannot be
         traced statically. The production graph writes the new values (params and
@@ -180,7 +181,7 @@ class CompiledLossAndGrads:
         slots = [i for i, a in enumerate(args) if torch.is_tensor(a)]
         state = plan.inputs if plan is not None else []
         inputs = ([p.detach().requires_grad_() for p in params] + list(state)
-                  + [t.detach() for t in self._store_side()] + [args[i] for i in slots])
+                  + [t.detach() for t in side] + [args[i] for i in slots])
         had_grad: list[bool] = []
         fn = self._traced(model, guide, kwargs, slots, args, plan, had_grad)
         try:
@@ -230,16 +231,15 @@ class CompiledLossAndGrads:
             return _Graph(run, slots, had_grad, gm, kept)
         raise Untraceable("no compile backend: " + "; ".join(failures))  # pragma: no cover
 
-    def _compile_and_verify(self, model, guide, params, args, kwargs, plan):
+    def _compile_and_verify(self, model, guide, params, side, args, kwargs, plan):
         """Trace, compile and check a new graph: the traced graph run op by op must give
         the eager step's loss and gradients on the same random draws (else state the
         trace could not see, e.g. module weights outside the param store, makes the
         model untraceable), and the compiled graph the traced graph's results. Returns
         ``(graph, traced outputs (loss, *grads, *new_values))``."""
-        gm, production, slots, had_grad, kept = self._trace(model, guide, params, args,
-                                                            kwargs, plan)
+        gm, production, slots, had_grad, kept = self._trace(model, guide, params, side,
+                                                            args, kwargs, plan)
         state = plan.inputs if plan is not None else []
-        side = self._store_side()
         inputs = [*params, *state, *side, *[args[i] for i in slots]]
         targets = (params + plan.written if plan is not None else []) + side
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
@@ -298,8 +298,8 @@ class CompiledLossAndGrads:
         if self.graphs and self.on_change == "raise":
             raise StructureChangedError(self._describe_change(key))
         try:
-            graph, outputs = self._compile_and_verify(model, guide, params, args, kwargs,
-                                                      plan)
+            graph, outputs = self._compile_and_verify(model, guide, params, side, args,
+                                                      kwargs, plan)
         except Untraceable as why:
             self._give_up(str(why))
             return None, None
@@ -411,13 +411,12 @@ class CompiledLossAndGrads:
     def _describe_change(self, key) -> str:
         old_params, old_side, old_args, old_kwargs, _ = next(reversed(self.graphs))
         new_params, new_side, new_args, new_kwargs, _ = key
-        for what, old, new in (("param", old_params, new_params),
-                               ("param", old_side, new_side),
-                               ("argument", old_args, new_args)):
-            names = self.param_names if old is old_params else self.side_names
+        for what, names, old, new in (("param", self.param_names, old_params, new_params),
+                                      ("param", self.side_names, old_side, new_side),
+                                      ("argument", None, old_args, new_args)):
             for i, (a, b) in enumerate(zip(old, new, strict=False)):
                 if a != b:
-                    name = names[i] if what == "param" else f"#{i}"
+                    name = names[i] if names is not None else f"#{i}"
                     return (f"{what} {name} changed from {_show(a)} to {_show(b)} since the "
                             "step was compiled")
             if len(old) != len(new):
