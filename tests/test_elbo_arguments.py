@@ -38,9 +38,17 @@ def test_max_plate_nesting_must_be_non_negative_int(bad):
         Trace_ELBO(max_plate_nesting=bad)
 
 
-def test_vectorize_particles_needs_finite_max_plate_nesting():
-    with pytest.raises(ValueError, match="vectorize_particles=True needs a finite"):
-        Trace_ELBO(num_particles=4, vectorize_particles=True)
+def test_vectorize_particles_guesses_max_plate_nesting_like_pyro():
+    def model():
+        with pyro.plate("rows", 3, dim=-2), pyro.plate("cols", 2):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.zeros(3, 2))
+
+    def guide():
+        pass
+
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True)
+    elbo.loss(model, guide)
+    assert elbo.max_plate_nesting == 3  # two plates, then the particle plate at dim -3
 
 
 def test_vectorized_particles_take_the_next_dim():

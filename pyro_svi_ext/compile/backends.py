@@ -32,10 +32,11 @@ def _eager(gm, example_inputs):
 _LEGACY_NOTICE = [False]
 
 
-def _torchscript(gm, example_inputs):
+def _torchscript(gm, example_inputs, jit_options: dict | None = None):
     """``torch.jit.trace`` of the graph: the legacy path (TorchScript is deprecated in
     current torch). Says so once per process, and keeps torch's own deprecation
-    warnings from reaching the user on every compile."""
+    warnings from reaching the user on every compile. ``jit_options`` (an ELBO's
+    ``jit_options``) are passed to ``torch.jit.trace``, over ``check_trace=False``."""
     if not _LEGACY_NOTICE[0]:
         _LEGACY_NOTICE[0] = True
         warnings.warn("pyro_svi_ext: the 'jit' compile backend (TorchScript) is the legacy "
@@ -44,7 +45,7 @@ def _torchscript(gm, example_inputs):
     inputs = [t.detach().clone() for t in example_inputs]  # tracing runs the graph once
     with warnings.catch_warnings(), torch.random.fork_rng(), torch.no_grad():
         warnings.simplefilter("ignore")
-        return torch.jit.trace(gm, inputs, check_trace=False)
+        return torch.jit.trace(gm, inputs, **{"check_trace": False, **(jit_options or {})})
 
 
 def _inductor(gm, example_inputs):

@@ -97,10 +97,13 @@ class CompiledLossAndGrads:
         (:class:`StructureChangedError` naming what changed).
     :param on_dynamic: ``"eager"`` (warn once, run the eager estimator) or ``"raise"``
         when the model cannot be traced (e.g. it branches on tensor values).
+    :param jit_options: keyword arguments of ``torch.jit.trace`` for the ``"jit"`` backend.
+    :param ignore_warnings: silence the warnings raised while the step is traced.
     """
 
     def __init__(self, elbo, eager: Callable, backend: str = "auto",
-                 on_change: str = "recompile", on_dynamic: str = "eager", cache_size: int = 8):
+                 on_change: str = "recompile", on_dynamic: str = "eager", cache_size: int = 8,
+                 jit_options: dict | None = None, ignore_warnings: bool = False):
         if on_change not in ("recompile", "raise") or on_dynamic not in ("eager", "raise"):
             raise ValueError("on_change must be 'recompile' or 'raise'; on_dynamic 'eager' or "
                              f"'raise'; got {on_change!r}, {on_dynamic!r}")
@@ -112,9 +115,14 @@ class CompiledLossAndGrads:
         self.on_change = on_change
         self.on_dynamic = on_dynamic
         self.cache_size = cache_size
+        self.jit_options = jit_options
+        self.ignore_warnings = ignore_warnings
         self.graphs: OrderedDict = OrderedDict()
         self._last: tuple | None = None  # (key, graph) of the last call: checked first
         self.param_names: list[str] | None = None
+        #: other param-store names of a param tensor (``pyro.module`` of one network
+        #: under two names): name -> its position in ``param_names``
+        self.aliases: dict[str, int] = {}
         #: param-store entries the step rewrites outside the optimizer (see
         #: ``ELBO._side_state``), recorded with ``param_names`` by the first eager call
         self.side_names: list[str] = []
@@ -137,15 +145,19 @@ class CompiledLossAndGrads:
         n_side = len(side_names)
         structure = self.structure
 
+        aliases = self.aliases
+        bound_names = names + list(aliases)
+
         def step(*flat):
             params, state = list(flat[:n]), list(flat[n:n + n_state])
+            bound = params + [params[at] for at in aliases.values()]
             side_old = list(flat[n + n_state:n + n_state + n_side])
             side = dict(zip(side_names, side_old, strict=True))
             call_args = list(args)
             for slot, value in zip(arg_slots, flat[n + n_state + n_side:], strict=True):
                 call_args[slot] = value
-            with params_bound_to(names, params), modules_follow_the_store(), \
-                    pyro_modules_bound_to((model, guide), names, params), \
+            with params_bound_to(bound_names, bound), modules_follow_the_store(), \
+                    pyro_modules_bound_to((model, guide), bound_names, bound), \
                     elbo._replaying(structure), elbo._side_state_in(side):
                 loss, surrogate = elbo._objective(model, guide, tuple(call_args), kwargs)
                 raw = torch.autograd.grad(-surrogate, params, allow_unused=True)
@@ -185,7 +197,10 @@ class CompiledLossAndGrads:
         had_grad: list[bool] = []
         fn = self._traced(model, guide, kwargs, slots, args, plan, had_grad)
         try:
-            with torch.random.fork_rng(), full_plates_are_constant():
+            with torch.random.fork_rng(), full_plates_are_constant(), \
+                    warnings.catch_warnings():
+                if self.ignore_warnings:
+                    warnings.simplefilter("ignore")
                 gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         except Untraceable:
             raise
@@ -211,7 +226,9 @@ class CompiledLossAndGrads:
         for backend in list(self.backends):
             copies = {id(t): t.clone() for t in targets}
             try:
-                run = backend.compile(production, inputs)
+                options = ({"jit_options": self.jit_options}
+                           if backend.name == "jit" and self.jit_options else {})
+                run = backend.compile(production, inputs, **options)
                 with torch.no_grad(), torch.random.fork_rng(devices=devices):
                     compiled = run(*[copies.get(id(t), t) for t in inputs])
                 got = [*compiled[:kept], *[copies[id(t)] for t in targets]]
@@ -338,12 +355,23 @@ class CompiledLossAndGrads:
             raise NonFiniteLossError(value, [])
         return value
 
+    def _record_params(self, params: dict) -> None:
+        """The graph's param inputs: one per distinct tensor (the first of its names in
+        sorted order); its other names become :attr:`aliases`."""
+        first: dict[int, str] = {}
+        for name in sorted(params):
+            first.setdefault(id(params[name]), name)
+        self.param_names = sorted(first.values())
+        position = {name: i for i, name in enumerate(self.param_names)}
+        self.aliases = {name: position[first[id(params[name])]] for name in sorted(params)
+                        if first[id(params[name])] != name}
+
     # --- calling ----------------------------------------------------------------------
     def __call__(self, model, guide, args: tuple, kwargs: dict):
         if self.param_names is None or self.dynamic_reason is not None:
             loss, params = self.eager(model, guide, args, kwargs)
             if self.param_names is None:
-                self.param_names = sorted(params)
+                self._record_params(params)
                 self.structure = self.elbo._static_structure()
                 self.side_names = self.elbo._side_state()
             return loss, params

@@ -21,6 +21,7 @@ from pyro_svi_ext.kernels import float64_total
 from pyro_svi_ext.trace import (
     SiteRecorder,
     TracePair,
+    guess_plate_nesting,
     nonfinite_sites,
     run_pair,
     vectorize_particles,
@@ -55,21 +56,33 @@ class ELBOModule(torch.nn.Module):
 
 
 class ELBO:
-    """Base of the evidence-lower-bound estimators (same arguments as ``pyro.infer.ELBO``).
+    """Base of the evidence-lower-bound estimators (same arguments as ``pyro.infer.ELBO``
+    in Pyro 1.8.6-1.9.2, in the same order).
 
     :param int num_particles: samples per estimate (>= 1).
-    :param max_plate_nesting: bound on nested ``pyro.plate`` dims (int or ``inf``).
+    :param max_plate_nesting: bound on nested ``pyro.plate`` dims (int or ``inf``). Left
+        at ``inf`` where a finite bound is needed (``vectorize_particles=True``,
+        enumeration), it is guessed by running guide and model once, as Pyro does.
     :param max_iarange_nesting: deprecated alias of ``max_plate_nesting``
         (``DeprecationWarning``).
     :param bool vectorize_particles: draw all particles at once under an outer plate at dim
-        ``-(max_plate_nesting + 1)``; needs a finite ``max_plate_nesting``.
+        ``-(max_plate_nesting + 1)``.
     :param bool strict_enumeration_warning: warn on enumeration the estimator ignores.
+    :param bool ignore_jit_warnings: for the ``Jit*`` estimators, silence warnings raised
+        while a step is traced for compilation (Pyro: ``torch.jit.TracerWarning``); no
+        effect on the eager estimators (as in Pyro).
+    :param dict jit_options: for the ``Jit*`` estimators, keyword arguments of
+        ``torch.jit.trace`` used by the ``"jit"`` (TorchScript) compile backend, e.g.
+        ``{"check_trace": True}``; other backends and the eager estimators ignore it.
     :param retain_graph: passed to ``backward`` in :meth:`loss_and_grads`.
+    :param float tail_adaptive_beta: kept for Pyro's ``TraceTailAdaptive_ELBO``, which
+        this package does not implement; stored, no effect.
 
-    Errors: ``ValueError`` for a non-positive ``num_particles``, a negative or non-integer
-    ``max_plate_nesting``, or ``vectorize_particles=True`` with ``max_plate_nesting=inf``;
-    :class:`~pyro_svi_ext.errors.NonFiniteLossError` from :meth:`loss_and_grads` when the
-    loss is not finite under pyro validation (nothing is modified then).
+    Errors: ``ValueError`` for a non-positive ``num_particles`` or a negative or
+    non-integer ``max_plate_nesting``; :class:`~pyro_svi_ext.errors.NonFiniteLossError`
+    from :meth:`loss_and_grads` when the loss is not finite under pyro validation
+    (nothing is modified then). Guessing ``max_plate_nesting`` re-raises what guide or
+    model raise.
     """
 
     #: the name used in messages (subclasses set their registry name)
@@ -84,7 +97,10 @@ class ELBO:
         max_iarange_nesting: float | None = None,
         vectorize_particles: bool = False,
         strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
+        jit_options: dict | None = None,
         retain_graph: bool | None = None,
+        tail_adaptive_beta: float = -1.0,
     ):
         if max_iarange_nesting is not None:
             warnings.warn(
@@ -100,16 +116,17 @@ class ELBO:
         ):
             raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
         max_plate_nesting = _check_plate_nesting(max_plate_nesting)
-        if vectorize_particles and max_plate_nesting == INF:
-            raise ValueError(
-                "vectorize_particles=True needs a finite max_plate_nesting (the number of "
-                "nested pyro.plate dims in model and guide), got max_plate_nesting=inf"
-            )
+        if jit_options is not None and not isinstance(jit_options, dict):
+            raise TypeError(f"jit_options must be a dict of torch.jit.trace arguments, got "
+                            f"{type(jit_options).__name__}")
         self.num_particles = int(num_particles)
         self.max_plate_nesting = max_plate_nesting
         self.vectorize_particles = bool(vectorize_particles)
         self.strict_enumeration_warning = strict_enumeration_warning
         self.retain_graph = retain_graph
+        self.ignore_jit_warnings = ignore_jit_warnings
+        self.jit_options = jit_options
+        self.tail_adaptive_beta = tail_adaptive_beta
         if self.vectorize_particles and self.num_particles > 1:
             # the particle plate takes the next dim to the left
             self.max_plate_nesting += 1
@@ -129,9 +146,20 @@ class ELBO:
         raise NotImplementedError
 
     # --- particles ------------------------------------------------------------------
+    def _ensure_plate_nesting(self, model: Callable, guide: Callable, args: tuple,
+                              kwargs: dict) -> None:
+        """Guess ``max_plate_nesting`` if it is ``inf`` (one extra run of guide and model,
+        with their shapes validated), as Pyro does; +1 for vectorized particles."""
+        if self.max_plate_nesting != INF:
+            return
+        self.max_plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
+        if self.vectorize_particles and self.num_particles > 1:
+            self.max_plate_nesting += 1
+
     def _pairs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         """One :class:`TracePair` per particle (a single one when vectorized)."""
         if self.vectorize_particles:
+            self._ensure_plate_nesting(model, guide, args, kwargs)
             if self.num_particles > 1:
                 dim = -int(self.max_plate_nesting)
                 model = vectorize_particles(model, self.num_particles, dim)

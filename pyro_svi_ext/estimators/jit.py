@@ -35,20 +35,24 @@ class _Compiled:
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = INF,
                  max_iarange_nesting: float | None = None, vectorize_particles: bool = False,
-                 strict_enumeration_warning: bool = True, retain_graph: bool | None = None,
-                 *, backend: str | None = None, on_change: str = "recompile",
-                 on_dynamic: str = "eager", cache_size: int = 8):
+                 strict_enumeration_warning: bool = True, ignore_jit_warnings: bool = False,
+                 jit_options: dict | None = None, retain_graph: bool | None = None,
+                 tail_adaptive_beta: float = -1.0, *, backend: str | None = None,
+                 on_change: str = "recompile", on_dynamic: str = "eager",
+                 cache_size: int = 8):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                          max_iarange_nesting=max_iarange_nesting,
                          vectorize_particles=vectorize_particles,
                          strict_enumeration_warning=strict_enumeration_warning,
-                         retain_graph=retain_graph)
+                         ignore_jit_warnings=ignore_jit_warnings, jit_options=jit_options,
+                         retain_graph=retain_graph, tail_adaptive_beta=tail_adaptive_beta)
         self._set_compile_options(backend, on_change, on_dynamic, cache_size)
 
     def _set_compile_options(self, backend, on_change, on_dynamic, cache_size) -> None:
         self.backend = backend or DEFAULT_BACKEND
         self._options = {"on_change": on_change, "on_dynamic": on_dynamic,
-                         "cache_size": cache_size}
+                         "cache_size": cache_size, "jit_options": self.jit_options,
+                         "ignore_warnings": self.ignore_jit_warnings}
         self._steps: dict = {}
         CompiledLossAndGrads(self, None, self.backend, **self._options)  # validate options
 
@@ -68,6 +72,13 @@ class _Compiled:
         step = self._steps.get((id(model), id(guide)))
         return None if step is None else step.svi_step(model, guide, optim, args, kwargs,
                                                        lazy)
+
+    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
+        """``(loss, surrogate_loss)`` as tensors: the negative ELBO and the negative
+        surrogate whose gradient is the estimator's (Pyro's ``JitTrace_ELBO`` method;
+        computed by the eager estimator here)."""
+        loss, surrogate = self._objective(model, guide, args, kwargs)
+        return loss, -surrogate
 
 
 class JitTrace_ELBO(_Compiled, Trace_ELBO):

@@ -18,17 +18,16 @@ from pyro_svi_ext.kernels import is_identically_zero
 from pyro_svi_ext.kernels.sumproduct import (
     Factor,
     align,
-    combine,
     contract_tree,
-    logsumexp_out,
     query_marginal,
+    sumproduct,
+    union_dims,
 )
 from pyro_svi_ext.trace import TracePair
 from pyro_svi_ext.trace.backward_sample import BackwardSampleMessenger, marginal_dist
 from pyro_svi_ext.trace.enum import (
     enum_label,
     enum_pairs,
-    guess_enum_plate_nesting,
     is_enumerated,
     ordinal,
     packed,
@@ -149,22 +148,26 @@ def _dice_factors(pair: TracePair):
 
 def _expected_cost(costs: dict, log_probs: dict, log_denoms: dict):
     """DiCE expectation: each cost weighted by the guide probability of its dims
-    (enumerated sites) or a unit-valued score factor (sampled sites)."""
+    (enumerated sites) or a unit-valued score factor (sampled sites).
+
+    The probability of a cost's dims is the guide factors upstream of it with every
+    other dim summed out by the greedy elimination planner (:func:`sumproduct`): the
+    intermediates stay as small as the factors, never the dense joint of every
+    enumerated or locally sampled guide site."""
     total = 0.0
     for t, cost_factors in costs.items():
         denom = sum(v for o, v in log_denoms.items() if not o <= t)
         scale = math.exp(-denom)
         upstream = [f for o, fs in log_probs.items() if o <= t for f in fs]
-        joint = combine(upstream) if upstream else None
+        labels = set(union_dims(upstream))
         probs: dict = {}
         for cost in cost_factors:
-            key = frozenset(cost.dims)
-            if joint is None:
+            if not upstream:
                 total = total + scale * cost.tensor.sum()
                 continue
+            key = frozenset(cost.dims)
             if key not in probs:
-                prob = logsumexp_out(joint, [d for d in joint.dims if d not in key])
-                probs[key] = prob
+                probs[key] = sumproduct(upstream, labels - key)
             prob = probs[key]
             dims = tuple(dict.fromkeys(cost.dims + prob.dims))
             p = align(Factor(prob.tensor.exp(), prob.dims), dims)
@@ -188,7 +191,7 @@ class TraceEnum_ELBO(ELBO):
     ``n`` values instead of enumerating.
 
     ``max_plate_nesting`` is guessed (one extra run of guide and model) when left at
-    ``inf``. Errors: ``ValueError`` when it cannot be guessed, when a site outside a
+    ``inf``. Errors: ``ValueError`` when a site outside a
     plate depends on a variable enumerated inside it (both named), when sites touching
     model-enumerated variables have different ``poutine.scale``; ``NotImplementedError``
     for plates linked without nesting; :meth:`differentiable_loss` raises ``ValueError``
@@ -199,20 +202,6 @@ class TraceEnum_ELBO(ELBO):
     estimator_name = "TraceEnum_ELBO"
 
     # --- particles ------------------------------------------------------------------
-    def _ensure_plate_nesting(self, model, guide, args, kwargs) -> None:
-        if self.max_plate_nesting != float("inf"):
-            return
-        try:
-            guessed = guess_enum_plate_nesting(model, guide, args, kwargs)
-        except Exception as err:
-            raise ValueError(
-                "TraceEnum_ELBO needs max_plate_nesting (the number of nested pyro.plate "
-                "dims) and could not guess it by running model and guide once: "
-                f"{type(err).__name__}: {err}") from err
-        self.max_plate_nesting = guessed
-        if self.vectorize_particles and self.num_particles > 1:
-            self.max_plate_nesting += 1
-
     def _pairs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         if isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
             raise NotImplementedError("TraceEnum_ELBO does not support GuideMessenger guides")

@@ -122,7 +122,9 @@ class SVI(TracePosterior):
             for name in set(store.keys()) - names_before:
                 del store[name]
             raise
-        tensors = list(params.values())
+        # one update per tensor, also when a tensor has two param-store names (one
+        # network registered by pyro.module under two names), as in Pyro
+        tensors = list({id(p): p for p in params.values()}.values())
         try:
             self._optim_step(tensors)
         finally:

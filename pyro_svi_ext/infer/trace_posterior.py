@@ -8,7 +8,8 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
-from pyro_svi_ext.trace.posterior import without_observations
+from pyro_svi_ext.kernels import waic
+from pyro_svi_ext.trace.posterior import observed_log_likelihood, without_observations
 
 
 class EmptyPosteriorError(ValueError):
@@ -74,6 +75,17 @@ class TracePosterior:
         draw = int(self._categorical.sample())
         chain, position = draw % self.num_chains, draw // self.num_chains
         return without_observations(self.exec_traces[self._idx_by_chain[chain][position]])
+
+    def information_criterion(self, pointwise: bool = False) -> dict:
+        """WAIC of the model over the collected traces and its effective number of
+        parameters: ``{"waic": ..., "p_waic": ...}`` (0-d tensors, or per data point
+        with ``pointwise=True``); ``{}`` before :meth:`run`. The model must have exactly
+        one observed site (``ValueError`` otherwise, as in Pyro)."""
+        if not self.exec_traces:
+            return {}
+        log_lik = observed_log_likelihood(self.exec_traces)
+        value, p_waic = waic(log_lik, torch.stack(self.log_weights), pointwise)
+        return {"waic": value, "p_waic": p_waic}
 
     def marginal(self, sites: str | list[str] | None = None) -> Marginals:
         """Per-site :class:`~pyro_svi_ext.infer.marginal.EmpiricalMarginal` s."""

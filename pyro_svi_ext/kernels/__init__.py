@@ -18,6 +18,7 @@ from pyro_svi_ext.kernels.weights import (
     log_mean_exp,
     normalized_log_weights,
     renyi_weights,
+    waic,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "score_function_surrogate",
     "sum_dims",
     "sum_out_dims",
+    "waic",
 ]

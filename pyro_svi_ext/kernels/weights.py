@@ -38,3 +38,23 @@ def renyi_weights(elbo_particles: torch.Tensor, alpha: float):
     log_w = (1.0 - alpha) * elbo_particles
     log_mean = log_mean_exp(log_w, dim=0, keepdim=True)
     return log_mean / (1.0 - alpha), (log_w - log_mean).exp()
+
+
+def waic(log_lik: torch.Tensor, log_w: torch.Tensor, pointwise: bool = False):
+    """Widely applicable information criterion and its effective number of parameters.
+
+    ``log_lik``: ``(S, ...)`` log-likelihood of the data under each of ``S`` posterior
+    draws; ``log_w``: ``(S,)`` their log weights. Returns ``(waic, p_waic)``, each of shape
+    ``log_lik.shape[1:]`` when ``pointwise`` else summed to 0-d. ``waic = -2 (lpd -
+    p_waic)``, ``lpd`` the log of the weighted mean likelihood and ``p_waic`` its weighted
+    variance (frequency-weight correction ``S / (S - 1)``).
+    """
+    shape = (-1,) + (1,) * (log_lik.dim() - 1)
+    log_w = log_w.to(log_lik.dtype).reshape(shape)
+    lpd = torch.logsumexp(log_lik + log_w, dim=0) - torch.logsumexp(log_w, dim=0)
+    weights = normalized_log_weights(log_w).exp()
+    mean = (weights * log_lik).sum(0, keepdim=True)
+    num = log_lik.shape[0]
+    p_waic = (weights * (log_lik - mean).pow(2)).sum(0) * (num / (num - 1.0))
+    value = -2.0 * (lpd - p_waic)
+    return (value, p_waic) if pointwise else (value.sum(), p_waic.sum())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import pyro.poutine as poutine
 from pyro.poutine.enum_messenger import EnumMessenger
 
 from pyro_svi_ext.kernels.sumproduct import Factor, pack
@@ -89,15 +88,3 @@ def enum_pairs(model: Callable, guide: Callable, args: tuple, kwargs: dict,
                 for value in branch.values:
                     infer = {**branch.infer, "_enum_total": total}
                     stack.append({**prefix, branch.name: (value, infer)})
-
-
-def guess_enum_plate_nesting(model: Callable, guide: Callable, args: tuple,
-                             kwargs: dict) -> int:
-    """Deepest plate dim used by model and guide, run once without enumeration."""
-    with poutine.block():
-        guide_run, _ = run_recorded(guide, args, kwargs)
-        model_run, _ = run_recorded(model, args, kwargs, against=guide_run)
-    dims = [-f.dim for run in (guide_run, model_run) for s in run.sites.values()
-            for f in s.frames if f.dim is not None]
-    return max(dims, default=0)
-

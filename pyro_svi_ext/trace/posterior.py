@@ -48,6 +48,27 @@ def site_value(trace, name: str):
     return trace.nodes[name]["value"]
 
 
+def observed_log_likelihood(traces: list) -> torch.Tensor:
+    """``(S, *batch)`` log-likelihood of the one observed site of each of ``S`` traces.
+
+    ``ValueError`` when a trace has more than one observed site, or the observed site's
+    name differs between traces (the information criterion needs one).
+    """
+    name, values = None, []
+    for trace in traces:
+        observed = trace.observation_nodes
+        if len(observed) != 1:
+            raise ValueError("the information criterion needs a model with exactly one "
+                             f"observed site; found {observed}")
+        if name is not None and observed[0] != name:
+            raise ValueError(f"the observed site changed between traces: {name!r} then "
+                             f"{observed[0]!r}")
+        name = observed[0]
+        site = trace.nodes[name]
+        values.append(site["fn"].log_prob(site["value"]))
+    return torch.stack(values)
+
+
 def _is_subsample(site: dict) -> bool:
     return type(site["fn"]).__name__ == "_Subsample"
 
