@@ -12,8 +12,9 @@ This module (with ``pytest_plugin``) is the one place the package imports
 What is not rebound: classes already *defined* as subclasses of Pyro's (e.g. Pyro's
 ``TraceMeanField_ELBO``) keep Pyro's base, and a module of the user's that imported a
 name before :func:`install` keeps what it imported. Other ``pyro.*`` modules that hold
-one of the rebound classes as a module attribute (e.g. ``pyro.contrib.cevae.SVI`` if it
-was imported first) are rebound too.
+one of the rebound estimator or inference classes as a module attribute (e.g.
+``pyro.contrib.cevae.SVI`` if it was imported first) are rebound too; the base classes
+``ELBO`` and ``TracePosterior`` only in ``pyro.infer`` and their defining modules.
 
 >>> import pyro.infer
 >>> import pyro_svi_ext
@@ -51,6 +52,11 @@ REBOUND: dict[str, tuple[str, ...]] = {
     "TracePredictive": ("pyro.infer", "pyro.infer.abstract_infer"),
 }
 
+#: base classes rebound only where ``REBOUND`` lists them: elsewhere in Pyro they are
+#: the base of Pyro's own estimators (e.g. ``EnergyDistance`` calls
+#: ``ELBO._guess_max_plate_nesting``), which keep Pyro's base
+BASES = ("ELBO", "TracePosterior")
+
 #: (module, attribute, Pyro's object) for every binding changed by :func:`install`
 _SAVED: list[tuple[object, str, object]] = []
 
@@ -85,6 +91,8 @@ def install() -> None:
         for attr, value in list(vars(module).items()):
             name = by_identity.get(id(value))
             if name is None or value is not theirs[name]:
+                continue
+            if name in BASES and modname not in REBOUND[name]:
                 continue
             _SAVED.append((module, attr, value))
             setattr(module, attr, ours[name])

@@ -277,3 +277,88 @@ def test_messenger_autoguides_agree_with_pyro(guide_cls, name):
     assert ga.keys() == gb.keys()
     for k in gb:
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-5)
+
+
+# --- subclasses written against Pyro's protected hooks ----------------------------------
+def _with_observed_log_q(base):
+    class CausalEffect(base):
+        """Pyro's CEVAE loss: the ELBO plus log q of the guide's observed sites."""
+
+        def _differentiable_loss_particle(self, model_trace, guide_trace):
+            observed = [n for n, s in guide_trace.nodes.items()
+                        if s["type"] == "sample" and s["is_observed"]]
+            blocked = guide_trace.copy()
+            for name in observed:
+                del blocked.nodes[name]
+            loss, surrogate = super()._differentiable_loss_particle(model_trace, blocked)
+            for name in observed:
+                log_q = guide_trace.nodes[name]["log_prob_sum"]
+                loss = loss - float(log_q)
+                surrogate = surrogate - log_q
+            return loss, surrogate
+
+    return CausalEffect
+
+
+def _treatment_pair():
+    t_obs = torch.tensor([1.0, 0.0, 1.0])
+
+    def model(t):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("t", dist.Bernoulli(logits=z), obs=t)
+
+    def guide(t):
+        w = pyro.param("w", torch.tensor(0.3))
+        with pyro.plate("data", 3):
+            pyro.sample("t", dist.Bernoulli(logits=w), obs=t)  # observed in the guide too
+        pyro.sample("z", dist.Normal(w, 1.0))
+
+    return model, guide, t_obs
+
+
+@pytest.mark.filterwarnings("ignore:Found non-auxiliary vars in guide but not model")
+@pytest.mark.parametrize("method", ["loss_and_grads", "differentiable_loss", "svi"])
+def test_an_override_of_differentiable_loss_particle_is_honoured_like_pyro(method):
+    model, guide, t = _treatment_pair()
+    out = []
+    for base, svi_cls in ((pyro_svi_ext.Trace_ELBO, pyro_svi_ext.SVI),
+                          (pyro.infer.Trace_ELBO, pyro.infer.SVI)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(7)
+        elbo = _with_observed_log_q(base)(num_particles=2)
+        if method == "svi":
+            svi = svi_cls(model, guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+            out.append(([svi.step(t) for _ in range(5)], pyro.param("w").detach()))
+            continue
+        if method == "differentiable_loss":
+            loss = elbo.differentiable_loss(model, guide, t)
+            loss.backward()
+            loss = float(loss.detach())
+        else:
+            loss = elbo.loss_and_grads(model, guide, t)
+        out.append((loss, pyro.param("w").unconstrained().grad.clone()))
+    (ours_loss, ours_w), (their_loss, their_w) = out
+    torch.testing.assert_close(torch.tensor(ours_loss), torch.tensor(their_loss))
+    torch.testing.assert_close(ours_w, their_w)
+    plain = _treatment_pair()
+    pyro.set_rng_seed(7)
+    assert abs(pyro_svi_ext.Trace_ELBO(num_particles=2).loss(*plain[:2], t)
+               - (ours_loss if method != "svi" else ours_loss[0])) > 1e-3  # the override counts
+
+
+@pytest.mark.parametrize("name", ["TraceGraph_ELBO", "TraceEnum_ELBO", "RenyiELBO"])
+def test_an_override_that_is_not_honoured_is_refused_at_construction(name):
+    cls = _with_observed_log_q(getattr(pyro_svi_ext, name))
+    with pytest.raises(NotImplementedError, match="_differentiable_loss_particle"):
+        cls()
+
+
+def test_pyro_helpers_work_on_the_package_estimators():
+    model, guide, data = _conjugate()
+    elbo = pyro_svi_ext.Trace_ELBO(num_particles=3, vectorize_particles=True)
+    elbo._guess_max_plate_nesting(model, guide, (data,), {})
+    assert elbo.max_plate_nesting == 2
+    (model_trace, guide_trace), = elbo._get_traces(model, guide, (data,), {})
+    assert model_trace.nodes["obs"]["log_prob"].shape == (3, 5)
+    assert guide_trace.nodes["mu"]["value"].shape == (3, 1)

@@ -199,6 +199,10 @@ class CompiledLossAndGrads:
         try:
             with torch.random.fork_rng(), full_plates_are_constant(), \
                     warnings.catch_warnings():
+                # torch's own deprecation notices while tracing are not the user's to see
+                # (and under -W error they would stop the trace)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
                 if self.ignore_warnings:
                     warnings.simplefilter("ignore")
                 gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
@@ -228,9 +232,13 @@ class CompiledLossAndGrads:
             try:
                 options = ({"jit_options": self.jit_options}
                            if backend.name == "jit" and self.jit_options else {})
-                run = backend.compile(production, inputs, **options)
-                with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                    compiled = run(*[copies.get(id(t), t) for t in inputs])
+                # a compiler's internal warnings (deprecations inside torch) are not the
+                # user's: under -W error they would make every backend fail
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    run = backend.compile(production, inputs, **options)
+                    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                        compiled = run(*[copies.get(id(t), t) for t in inputs])
                 got = [*compiled[:kept], *[copies[id(t)] for t in targets]]
                 want = [*reference[:kept], *reference[len(reference) - len(targets):]]
                 if not _all_close(want, got):

@@ -17,11 +17,11 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.estimators.pyro_hooks import PyroHooks
 from pyro_svi_ext.kernels import float64_total
 from pyro_svi_ext.trace import (
     SiteRecorder,
     TracePair,
-    guess_plate_nesting,
     nonfinite_sites,
     run_pair,
     vectorize_particles,
@@ -55,7 +55,7 @@ class ELBOModule(torch.nn.Module):
         return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
 
 
-class ELBO:
+class ELBO(PyroHooks):
     """Base of the evidence-lower-bound estimators (same arguments as ``pyro.infer.ELBO``
     in Pyro 1.8.6-1.9.2, in the same order).
 
@@ -77,6 +77,11 @@ class ELBO:
     :param retain_graph: passed to ``backward`` in :meth:`loss_and_grads`.
     :param float tail_adaptive_beta: kept for Pyro's ``TraceTailAdaptive_ELBO``, which
         this package does not implement; stored, no effect.
+
+    Pyro's protected hooks (``_get_trace``, ``_get_traces``, ``_guess_max_plate_nesting``,
+    ...; see :mod:`~pyro_svi_ext.estimators.pyro_hooks`) are available with Pyro's
+    meaning; a subclass outside this package that overrides one is honoured by
+    ``Trace_ELBO`` and refused (``NotImplementedError`` at construction) by the others.
 
     Errors: ``ValueError`` for a non-positive ``num_particles`` or a negative or
     non-integer ``max_plate_nesting``; :class:`~pyro_svi_ext.errors.NonFiniteLossError`
@@ -130,6 +135,7 @@ class ELBO:
         if self.vectorize_particles and self.num_particles > 1:
             # the particle plate takes the next dim to the left
             self.max_plate_nesting += 1
+        self._refuse_unhonoured_hooks()
 
     def __call__(self, model: Callable, guide: Callable) -> ELBOModule:
         """A ``torch.nn.Module`` computing this loss for ``(model, guide)``."""
@@ -150,11 +156,8 @@ class ELBO:
                               kwargs: dict) -> None:
         """Guess ``max_plate_nesting`` if it is ``inf`` (one extra run of guide and model,
         with their shapes validated), as Pyro does; +1 for vectorized particles."""
-        if self.max_plate_nesting != INF:
-            return
-        self.max_plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
-        if self.vectorize_particles and self.num_particles > 1:
-            self.max_plate_nesting += 1
+        if self.max_plate_nesting == INF:
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
 
     def _pairs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         """One :class:`TracePair` per particle (a single one when vectorized)."""
@@ -196,6 +199,8 @@ class ELBO:
     # --- public API -----------------------------------------------------------------
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """Estimate of the negative ELBO (float), averaged over ``num_particles``."""
+        if self._pyro_hooks:
+            return self._hooked_loss(model, guide, args, kwargs)
         with torch.no_grad():
             pairs = self._pairs(model, guide, args, kwargs)
             loss = -self._mean_elbo(pairs).item()
@@ -210,6 +215,8 @@ class ELBO:
 
     def _loss_and_grads(self, model, guide, args, kwargs):
         """(loss, params touched) — the driver :class:`~pyro_svi_ext.SVI` calls."""
+        if self._pyro_hooks:
+            return self._hooked_loss_and_grads(model, guide, args, kwargs)
         pairs = self._pairs(model, guide, args, kwargs)
         loss = -self._mean_elbo(pairs).item()
         self._check_finite(loss, pairs)
@@ -257,6 +264,8 @@ class ELBO:
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         """Negative ELBO as a tensor whose gradient is the estimator's gradient."""
+        if self._pyro_hooks:
+            return self._hooked_differentiable_loss(model, guide, args, kwargs)
         pairs = self._pairs(model, guide, args, kwargs)
         surrogate = self._mean_surrogate(pairs)
         elbo = self._mean_elbo(pairs)

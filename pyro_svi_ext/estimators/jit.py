@@ -57,6 +57,8 @@ class _Compiled:
         CompiledLossAndGrads(self, None, self.backend, **self._options)  # validate options
 
     def _loss_and_grads(self, model, guide, args, kwargs):
+        if self._pyro_hooks:  # a subclass computing through Pyro's hooks: eagerly
+            return super()._loss_and_grads(model, guide, args, kwargs)
         key = (id(model), id(guide))
         step = self._steps.get(key)
         if step is None:

@@ -47,11 +47,17 @@ class Trace_ELBO(ELBO):
     ``TraceGraph_ELBO`` for the finer one).
 
     :meth:`loss`, :meth:`loss_and_grads` and :meth:`differentiable_loss` average over
-    ``num_particles``. Errors are those of :class:`~pyro_svi_ext.estimators.base.ELBO`,
+    ``num_particles``. A subclass that overrides Pyro's protected hooks
+    (``_differentiable_loss_particle(model_trace, guide_trace)``, ``_get_trace``,
+    ``_get_traces``) computes through them, on ``pyro.poutine.Trace`` objects, eagerly.
+    Errors are those of :class:`~pyro_svi_ext.estimators.base.ELBO`,
     plus ``ValueError``/``RuntimeError`` from a distribution, re-raised with the site name.
     """
 
     estimator_name = "Trace_ELBO"
+    #: a subclass's overrides of Pyro's hooks (``_differentiable_loss_particle``,
+    #: ``_get_trace``, ...) are used, as Pyro's Trace_ELBO uses them
+    _honours_pyro_hooks = True
 
     def _particle_surrogate(self, pair: TracePair) -> torch.Tensor:
         surrogate = sum(s.log_prob_sum for s in pair.model.values())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyro.poutine as poutine
 import torch
@@ -15,22 +14,17 @@ from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.estimators.base import ELBO
 from pyro_svi_ext.kernels import is_identically_zero
-from pyro_svi_ext.kernels.sumproduct import (
-    Factor,
-    align,
-    contract_tree,
-    query_marginal,
-    sumproduct,
-    union_dims,
-)
+from pyro_svi_ext.kernels.dice import expected_cost
+from pyro_svi_ext.kernels.sumproduct import Factor, contract_tree, query_marginal
 from pyro_svi_ext.trace import TracePair
 from pyro_svi_ext.trace.backward_sample import BackwardSampleMessenger, marginal_dist
-from pyro_svi_ext.trace.enum import (
-    enum_label,
-    enum_pairs,
-    is_enumerated,
-    ordinal,
-    packed,
+from pyro_svi_ext.trace.enum import enum_label, enum_pairs, is_enumerated, ordinal, packed
+from pyro_svi_ext.trace.factors import (
+    check_plate_restriction,
+    guide_dice_factors,
+    model_factors,
+    warn_invalid_enum_dependencies,
+    warn_sample_counts,
 )
 from pyro_svi_ext.trace.recorder import run_recorded
 
@@ -41,141 +35,6 @@ class _GuideRun:
     def __init__(self, pair: TracePair):
         self.sites = pair.guide
         self.subsamples: dict = {}
-
-
-@dataclass
-class ModelFactors:
-    """The model side of one particle, split for contraction.
-
-    ``costs``: ``{ordinal: [Factor]}`` scaled log-probs free of model enumeration;
-    ``log_factors``: ``{ordinal: [Factor]}`` unscaled log-probs touching enumerated
-    variables; ``sum_labels``: those variables' labels; ``scale``: their common scale.
-    """
-
-    costs: dict
-    log_factors: dict
-    sum_labels: set
-    scale: float | torch.Tensor
-
-
-def _common_scale(scales: list, names: list[str]):
-    values = set()
-    for scale in scales:
-        if torch.is_tensor(scale) and scale.dim():
-            raise ValueError(f"sites {names}: enumeration supports only scalar poutine.scale")
-        values.add(float(scale))
-    if len(values) > 1:
-        raise ValueError(f"sites {names} touch enumerated variables but have different "
-                         f"scales {sorted(values)}; enumeration needs one common scale")
-    return scales[0] if scales else 1.0
-
-
-def check_plate_restriction(pair: TracePair) -> None:
-    """``ValueError`` naming both sites when a site outside a plate depends on a variable
-    enumerated inside it (the restriction TraceEnum_ELBO's doc states)."""
-    owners = {}
-    for sites in (pair.guide, pair.model):
-        for site in sites.values():
-            label = enum_label(site)
-            if label is not None:
-                owners.setdefault(label, site)
-    for sites in (pair.model, pair.guide):
-        for site in sites.values():
-            for label in packed(site, site.log_prob).dims:
-                owner = owners.get(label)
-                if owner is not None and not ordinal(owner) <= ordinal(site):
-                    outside = sorted(n for _, n in ordinal(owner) - ordinal(site))
-                    raise ValueError(
-                        f"site {site.name!r} is outside plate(s) {outside} but depends on "
-                        f"{owner.name!r}, enumerated inside them; TraceEnum_ELBO requires "
-                        "that variables outside a plate do not depend on variables inside it")
-
-
-def model_factors(pair: TracePair) -> ModelFactors:
-    guide_labels = set()
-    for site in pair.guide.values():
-        guide_labels.update(packed(site, site.log_prob).dims)
-    cost_sites, enum_sites, sum_labels = [], [], set()
-    for name, site in pair.model.items():
-        if name in pair.guide or site.infer.get("_enumerate_dim") is None:
-            cost_sites.append(site)
-        else:
-            enum_sites.append(site)
-            sum_labels.update(packed(site, site.unscaled).dims)
-    sum_labels = {d for d in sum_labels if d[0] == "enum"} - guide_labels
-    costs: dict = {}
-    log_factors: dict = {}
-    scales, scaled_names = [], []
-    for site in cost_sites:
-        factor = packed(site, site.log_prob)
-        if sum_labels.isdisjoint(factor.dims):
-            costs.setdefault(ordinal(site), []).append(factor)
-        else:
-            log_factors.setdefault(ordinal(site), []).append(packed(site,
-                                                                    site.masked_log_prob))
-            scales.append(site.scale)
-            scaled_names.append(site.name)
-    for site in enum_sites:
-        log_factors.setdefault(ordinal(site), []).append(packed(site, site.unscaled))
-        scales.append(site.scale)
-        scaled_names.append(site.name)
-    return ModelFactors(costs, log_factors, sum_labels, _common_scale(scales, scaled_names))
-
-
-def _dice_factors(pair: TracePair):
-    """Per ordinal: the guide's DiCE log-factors and log denominators."""
-    log_probs: dict = {}
-    log_denoms: dict = {}
-    for site in pair.guide.values():
-        t = ordinal(site)
-        score = site.score_function
-        num_samples = site.infer.get("num_samples") if site.infer.get("enumerate") else None
-        if site.infer.get("enumerate") and num_samples is not None:
-            if not is_identically_zero(score):
-                score = score - score.detach()
-            score = score - math.log(num_samples)
-            if not torch.is_tensor(score):
-                score = torch.tensor(float(score), device=site.value.device)
-            score = score.expand(torch.broadcast_shapes(score.shape, site.log_prob.shape))
-        elif site.infer.get("enumerate") == "sequential":
-            log_denoms[t] = log_denoms.get(t, 0.0) + math.log(site.infer["_enum_total"])
-        elif not site.infer.get("enumerate") and not is_identically_zero(score):
-            score = score - score.detach()
-        if not is_identically_zero(score):
-            log_probs.setdefault(t, []).append(packed(site, score))
-    return log_probs, log_denoms
-
-
-def _expected_cost(costs: dict, log_probs: dict, log_denoms: dict):
-    """DiCE expectation: each cost weighted by the guide probability of its dims
-    (enumerated sites) or a unit-valued score factor (sampled sites).
-
-    The probability of a cost's dims is the guide factors upstream of it with every
-    other dim summed out by the greedy elimination planner (:func:`sumproduct`): the
-    intermediates stay as small as the factors, never the dense joint of every
-    enumerated or locally sampled guide site."""
-    total = 0.0
-    for t, cost_factors in costs.items():
-        denom = sum(v for o, v in log_denoms.items() if not o <= t)
-        scale = math.exp(-denom)
-        upstream = [f for o, fs in log_probs.items() if o <= t for f in fs]
-        labels = set(union_dims(upstream))
-        probs: dict = {}
-        for cost in cost_factors:
-            if not upstream:
-                total = total + scale * cost.tensor.sum()
-                continue
-            key = frozenset(cost.dims)
-            if key not in probs:
-                probs[key] = sumproduct(upstream, labels - key)
-            prob = probs[key]
-            dims = tuple(dict.fromkeys(cost.dims + prob.dims))
-            p = align(Factor(prob.tensor.exp(), prob.dims), dims)
-            c = align(cost, dims)
-            p, c = torch.broadcast_tensors(p, c)
-            c = torch.where(p > 0, c, torch.zeros((), dtype=c.dtype, device=c.device))
-            total = total + scale * (p * c).sum()
-    return total
 
 
 class TraceEnum_ELBO(ELBO):
@@ -211,6 +70,8 @@ class TraceEnum_ELBO(ELBO):
         if is_validation_enabled():
             for pair in pairs:
                 check_plate_restriction(pair)
+                warn_invalid_enum_dependencies(pair)
+                warn_sample_counts(pair)
             self._warn_if_nothing_enumerated(pairs[0])
         return pairs
 
@@ -237,8 +98,8 @@ class TraceEnum_ELBO(ELBO):
         for site in pair.guide.values():
             costs.setdefault(ordinal(site), []).append(
                 Factor(-packed(site, site.log_prob).tensor, packed(site, site.log_prob).dims))
-        log_probs, log_denoms = _dice_factors(pair)
-        return _expected_cost(costs, log_probs, log_denoms)
+        log_probs, log_denoms = guide_dice_factors(pair)
+        return expected_cost(costs, log_probs, log_denoms)
 
     def _dice_total(self, pairs: list[TracePair]):
         total = 0.0
@@ -276,7 +137,7 @@ class TraceEnum_ELBO(ELBO):
         if self.num_particles != 1:
             raise NotImplementedError(f"TraceEnum_ELBO.{what}() needs num_particles=1")
         with poutine.block(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "model latent sites not in the guide")
+            warnings.filterwarnings("ignore", "Found vars in model but not guide")
             pair = self._pairs(model, guide, args, kwargs)[0]
         if any(is_enumerated(s) for s in pair.guide.values()):
             raise NotImplementedError(f"TraceEnum_ELBO.{what}() does not support guide "

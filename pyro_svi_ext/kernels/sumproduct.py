@@ -197,9 +197,13 @@ def contract_component(tree: dict[frozenset, list[Factor]], sum_labels: set):
                 parents = [t for t, ds in dims_at.items() if ds & pending]
                 parent = frozenset().union(*parents) if parents else root
                 if parent == leaf:
+                    names = sorted(str(d[-1]) if isinstance(d, tuple) else str(d)
+                                   for d in leaf)
                     raise PlateStructureError(
-                        "enumerated variables link plates that are not nested: "
-                        f"{sorted(map(str, leaf))}; make one of them a sequential plate")
+                        "Expected tree-structured plate nesting, but found dependencies on "
+                        f"independent plates {names}: enumerated variables link plates "
+                        "that are not nested. Make one of them a sequential plate (its "
+                        "cost is exponential in its size)")
                 factor = product_out(factor, leaf - parent)
             tree.setdefault(parent, []).append(factor)
     factors = [product_out(f, t - root) for t, fs in tree.items() for f in fs]

@@ -12,6 +12,8 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_svi_ext.kernels.sumproduct import Factor, align, clamp, query_marginal
 from pyro_svi_ext.trace.enum import enum_label, ordinal, plate_label
+from pyro_svi_ext.trace.factors import model_factors
+from pyro_svi_ext.trace.run import TracePair
 from pyro_svi_ext.trace.sites import Site
 
 
@@ -52,9 +54,6 @@ class BackwardSampleMessenger(Messenger):
     """
 
     def __init__(self, enum_trace, guide_trace=None):
-        from pyro_svi_ext.estimators.traceenum_elbo import model_factors
-        from pyro_svi_ext.trace.run import TracePair
-
         if isinstance(enum_trace, TracePair):
             enum_trace, guide_trace = enum_trace.model, enum_trace.guide
         super().__init__()

@@ -25,6 +25,11 @@ def _is_subsample(msg: dict) -> bool:
 SUBSAMPLES = "_pyro_svi_ext_subsamples"
 
 
+class SiteMismatchError(ValueError, RuntimeError):
+    """A site the model samples is observed in the guide (a ``RuntimeError`` as in Pyro's
+    replay, and a ``ValueError`` as this package documented before)."""
+
+
 class SequentialBranch(Exception):  # noqa: N818 (control flow, not an error)
     """Raised at a sequentially enumerated site that has no value assigned yet; carries
     the values to branch over and what the run drew before it (``sites``,
@@ -48,8 +53,9 @@ class SiteRecorder(Messenger):
         ``rsample`` in a :class:`~pyro_svi_ext.trace.provenance.TrackedTensor` naming the
         site, so everything computed from it records that dependency.
 
-    Raises ``RuntimeError`` naming the site when two sample sites share a name, and
-    ``ValueError`` when a replayed guide site is observed but the model samples it.
+    Raises ``RuntimeError`` naming the site when two sample sites, or a sample site and a
+    param, share a name, and :class:`SiteMismatchError` when a replayed guide site is
+    observed but the model samples it.
     """
 
     def __init__(self, replay: Mapping[str, Site] | None = None, params_only: bool = False,
@@ -86,9 +92,10 @@ class SiteRecorder(Messenger):
         if guide_site is None:
             return
         if guide_site.is_observed:
-            raise ValueError(
-                f"site {msg['name']!r} is observed in the guide but sampled in the model; "
-                "a guide must sample every latent site it shares with the model"
+            raise SiteMismatchError(
+                f"site {msg['name']} must be sampled in trace: it is observed in the guide "
+                "but sampled in the model; a guide must sample every latent site it shares "
+                "with the model"
             )
         msg["value"] = guide_site.value
         msg["done"] = True
@@ -120,13 +127,19 @@ class SiteRecorder(Messenger):
             return
         name = msg["name"]
         if name in self.sites:
-            raise RuntimeError(f"multiple sample sites named {name!r}")
+            raise RuntimeError(f"Multiple sample sites named {name!r}")
+        if name in self.params:
+            raise RuntimeError(f"{name} is already in the trace as a param (a sample site "
+                               "and a param cannot share a name)")
         if (self.track_nonreparam and not msg["is_observed"]
                 and not getattr(msg["fn"], "has_rsample", False)):
             msg["value"] = track(msg["value"], frozenset((name,)))
         self.sites[name] = site_from_message(msg)
 
     def _pyro_post_param(self, msg: dict) -> None:
+        if msg["name"] in self.sites:
+            raise RuntimeError(f"{msg['name']} is already in the trace as a sample (a param "
+                               "and a sample site cannot share a name)")
         value = msg["value"]
         unconstrained = getattr(value, "unconstrained", None)
         self.params[msg["name"]] = unconstrained() if unconstrained is not None else value

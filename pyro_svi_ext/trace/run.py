@@ -93,7 +93,8 @@ def finish_pair(guide_run: SiteRecorder, model_run: SiteRecorder, ret: Any,
     """
     validate = is_validation_enabled()
     if validate:
-        check_pairing(model_run.sites, guide_run.sites, enumerated_ok=estimator is None)
+        check_pairing(model_run.sites, guide_run.sites, estimator is None, max_plate_nesting,
+                      model_run.subsamples, guide_run.subsamples)
         if estimator is not None:
             warn_if_enumerated(guide_run.sites, estimator)
     compute_log_probs(model_run.sites, "model")
