@@ -17,6 +17,7 @@ from pathlib import Path
 from compat_matrix import cells as cellmod
 from compat_matrix.compare import (
     PINS,
+    check_conformance,
     check_parity,
     check_pins,
     deviation,
@@ -52,7 +53,8 @@ def cmd_run(opts) -> int:
             skipped[cell.label] = str(why)
             print(f"{cell.label}: skipped ({why})", flush=True)
             continue
-        cell_rows = check_pins(cell.label, results, pins) + check_parity(cell.label, results)
+        cell_rows = (check_pins(cell.label, results, pins) + check_parity(cell.label, results)
+                     + check_conformance(cell.label, results))
         rows += cell_rows
         failed = sum(r["status"] == "fail" for r in cell_rows)
         print(f"{cell.label}: {len(cell_rows) - failed} checks pass, {failed} fail",

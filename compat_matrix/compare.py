@@ -89,6 +89,20 @@ def check_parity(label: str, results: dict) -> list[dict]:
     return rows
 
 
+def check_conformance(label: str, results: dict) -> list[dict]:
+    """One row per class of the drop-in contract (:mod:`compat_matrix.conformance`) as
+    computed in the cell: pass when the plugin has all of that Pyro's parameters,
+    members and hooks (documented differences aside)."""
+    rows = []
+    for row in results.get("conformance", []):
+        missing = row["missing"]
+        rows.append({"cell": label, "scenario": "conformance", "check": "conformance",
+                     "quantity": row["class"], "status": "fail" if missing else "pass",
+                     **({"why": "; ".join(missing)} if missing else {}),
+                     "documented": row["documented"]})
+    return rows
+
+
 def summarize(rows: list[dict]) -> dict[tuple[str, str], str]:
     """``{(cell, scenario): "pass" | "FAIL <check> <quantity> (dev ...)" | "skipped: ..."}``."""
     cells: dict = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from compat_matrix.conformance import conformance
 from compat_matrix.quantities import compute_module, environment, load_module
 
 
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     results = compute_module(load_module(opts.module), opts.steps)
     with open(opts.out, "w") as f:
-        json.dump({"environment": environment(), "scenarios": results}, f)
+        json.dump({"environment": environment(), "scenarios": results,
+                   "conformance": conformance()}, f)
 
 
 if __name__ == "__main__":

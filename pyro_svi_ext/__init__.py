@@ -9,6 +9,7 @@ compiled estimators running over Pyro's trace layer.
 import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
 
 from pyro_svi_ext import registry
+from pyro_svi_ext.dropin import install, installed, uninstall
 from pyro_svi_ext.errors import NonFiniteLossError
 from pyro_svi_ext.estimators import (
     ELBO,
@@ -64,6 +65,9 @@ __all__ = [
     "available",
     "get",
     "hookimpl",
+    "install",
+    "installed",
     "make",
     "registry",
+    "uninstall",
 ]

@@ -86,7 +86,8 @@ def _pair(model_site="z", guide_site="z", guide_obs=None, model_event=1, guide_e
 
 def test_guide_site_missing_from_model_warns_with_its_name():
     model, guide = _pair(guide_site="w")
-    with pytest.warns(UserWarning, match=r"Found non-auxiliary vars in guide but not model: \['w'\]"):
+    with pytest.warns(UserWarning,
+                      match=r"Found non-auxiliary vars in guide but not model: \['w'\]"):
         Trace_ELBO().loss(model, guide)
 
 
@@ -104,7 +105,8 @@ def test_model_latent_missing_from_guide_warns_with_its_name():
 
 def test_observed_guide_site_is_an_error_naming_it():
     model, guide = _pair(guide_obs=torch.zeros(2))
-    with pytest.raises(ValueError, match="site z must be sampled in trace: it is observed in the guide"):
+    with pytest.raises(ValueError,
+                       match="site z must be sampled in trace: it is observed in the guide"):
         Trace_ELBO().loss(model, guide)
 
 
@@ -118,7 +120,8 @@ def test_batch_shape_outside_plates_names_the_site():
     def model():
         pyro.sample("z", dist.Normal(torch.zeros(4), 1.0))  # batch dim without a plate
 
-    with pytest.raises(ValueError, match="at site \"z\", invalid log_prob shape.*batch shape \\(4,\\)"):
+    with pytest.raises(ValueError,
+                       match=r'at site "z", invalid log_prob shape.*batch shape \(4,\)'):
         Trace_ELBO().loss(model, model)
 
 
@@ -127,7 +130,8 @@ def test_plate_deeper_than_max_plate_nesting_names_the_site():
         with pyro.plate("a", 2, dim=-1), pyro.plate("b", 3, dim=-2):
             pyro.sample("z", dist.Normal(0.0, 1.0))
 
-    with pytest.raises(ValueError, match=r"at site \"z\", plate stack overflow.*max_plate_nesting=1"):
+    with pytest.raises(ValueError,
+                       match=r'at site "z", plate stack overflow.*max_plate_nesting=1'):
         Trace_ELBO(max_plate_nesting=1).loss(model, model)
 
 

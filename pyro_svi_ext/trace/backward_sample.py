@@ -13,6 +13,7 @@ from pyro.poutine.messenger import Messenger
 from pyro_svi_ext.kernels.sumproduct import Factor, align, clamp, query_marginal
 from pyro_svi_ext.trace.enum import enum_label, ordinal, plate_label
 from pyro_svi_ext.trace.factors import model_factors
+from pyro_svi_ext.trace.pyro_traces import sites_of
 from pyro_svi_ext.trace.run import TracePair
 from pyro_svi_ext.trace.sites import Site
 
@@ -46,9 +47,11 @@ class BackwardSampleMessenger(Messenger):
     backward sampling) while the model runs (``pyro.infer.BackwardSampleMessenger``'s
     role).
 
-    :param enum_trace: the model's sites of an enumerated run (``TracePair.model``), or
+    :param enum_trace: the model's sites of an enumerated run (``TracePair.model``, or a
+        ``pyro.poutine.Trace`` of a model run under enumeration, as Pyro takes it), or
         a :class:`~pyro_svi_ext.trace.TracePair` (then ``guide_trace`` may be omitted).
-    :param guide_trace: the guide's sites of the same run (``TracePair.guide``).
+    :param guide_trace: the guide's sites of the same run (``TracePair.guide`` or a
+        ``pyro.poutine.Trace``).
 
     ``RuntimeError`` on exit if some enumerated site was never reached.
     """
@@ -56,6 +59,10 @@ class BackwardSampleMessenger(Messenger):
     def __init__(self, enum_trace, guide_trace=None):
         if isinstance(enum_trace, TracePair):
             enum_trace, guide_trace = enum_trace.model, enum_trace.guide
+        if hasattr(enum_trace, "nodes"):  # Pyro's traces
+            enum_trace = sites_of(enum_trace, "model")
+        if hasattr(guide_trace, "nodes"):
+            guide_trace = sites_of(guide_trace, "guide")
         super().__init__()
         self.enum_sites = enum_trace
         self.guide_sites = guide_trace or {}

@@ -17,7 +17,12 @@ from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 
 from pyro_svi_ext.trace.checks import check_pairing, check_site_shape, warn_if_enumerated
 from pyro_svi_ext.trace.run import TracePair, is_guide_messenger
-from pyro_svi_ext.trace.sites import Site, site_from_message
+from pyro_svi_ext.trace.sites import (
+    Site,
+    compute_log_probs,
+    compute_score_parts,
+    site_from_message,
+)
 
 
 def _sample_sites(trace) -> dict[str, Site]:
@@ -74,6 +79,14 @@ def pair_sites(trace, role: str) -> dict[str, Site]:
         site.log_prob_sum = node["log_prob_sum"]
         if role == "guide":
             _, site.score_function, site.entropy_term = node["score_parts"]
+    return sites
+
+
+def sites_of(trace, role: str) -> dict[str, Site]:
+    """The sample sites of a Pyro trace as :class:`Site` records with log-prob terms
+    computed here (as :func:`~pyro_svi_ext.trace.run.run_pair` computes them)."""
+    sites = _sample_sites(prune_subsample_sites(trace))
+    (compute_log_probs if role == "model" else compute_score_parts)(sites, role)
     return sites
 
 
