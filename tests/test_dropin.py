@@ -362,3 +362,28 @@ def test_pyro_helpers_work_on_the_package_estimators():
     (model_trace, guide_trace), = elbo._get_traces(model, guide, (data,), {})
     assert model_trace.nodes["obs"]["log_prob"].shape == (3, 5)
     assert guide_trace.nodes["mu"]["value"].shape == (3, 1)
+
+
+def _indexing_model(data):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.0]))
+    x = pyro.sample("x", dist.Categorical(torch.tensor([0.5, 0.3, 0.2])))
+    pyro.sample("obs", dist.Normal(locs[x], 1.0), obs=data)  # a sampled 0-dim index
+
+
+def _indexing_guide(data):
+    q = pyro.param("q", torch.ones(3) / 3, constraint=dist.constraints.simplex)
+    pyro.sample("x", dist.Categorical(q))
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+def test_ignore_jit_warnings_turns_the_eager_fallback_notice_into_a_log_record(ignore, caplog):
+    elbo = pyro_svi_ext.JitTrace_ELBO(ignore_jit_warnings=ignore, backend="eager")
+    svi = pyro_svi_ext.SVI(_indexing_model, _indexing_guide, pyro.optim.Adam({"lr": 0.01}),
+                           elbo)
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level("INFO"):
+        warnings.simplefilter("always")
+        for _ in range(3):
+            svi.step(torch.tensor(0.5))
+    notices = [w for w in seen if "running eagerly" in str(w.message)]
+    logged = [r for r in caplog.records if "running eagerly" in r.getMessage()]
+    assert (len(notices), len(logged)) == ((0, 1) if ignore else (1, 0))

@@ -24,6 +24,7 @@ with those the graph was traced for.
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import warnings
@@ -46,6 +47,8 @@ from pyro_svi_ext.compile.tracing import (
 )
 from pyro_svi_ext.errors import NonFiniteLossError
 from pyro_svi_ext.trace.static_plates import full_plates_are_constant
+
+logger = logging.getLogger(__name__)
 
 
 class StructureChangedError(RuntimeError):
@@ -248,9 +251,8 @@ class CompiledLossAndGrads:
                                 f"{str(err).splitlines()[0] if str(err) else ''}")
                 if len(self.backends) > 1:
                     self.backends.remove(backend)
-                    warnings.warn(f"{type(self.elbo).__name__}: compile backend "
-                                  f"{failures[-1]}; using {self.backends[0].name!r}",
-                                  RuntimeWarning, stacklevel=6)
+                    self._notify(f"{type(self.elbo).__name__}: compile backend "
+                                 f"{failures[-1]}; using {self.backends[0].name!r}", 7)
                     continue
                 raise Untraceable(f"backend {failures[-1]}") from err
             return _Graph(run, slots, had_grad, gm, kept)
@@ -441,8 +443,16 @@ class CompiledLossAndGrads:
         if self.on_dynamic == "raise":
             raise StructureChangedError(f"the model cannot be compiled: {reason}")
         self.dynamic_reason = reason
-        warnings.warn(f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
-                      f"compiled ({reason})", RuntimeWarning, stacklevel=5)
+        self._notify(f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
+                     f"compiled ({reason})", 6)
+
+    def _notify(self, message: str, stacklevel: int) -> None:
+        """A ``RuntimeWarning``, or a log record when the estimator was built with
+        ``ignore_jit_warnings=True`` (what Pyro users write to silence its tracer)."""
+        if self.ignore_warnings:
+            logger.info(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
     def _describe_change(self, key) -> str:
         old_params, old_side, old_args, old_kwargs, _ = next(reversed(self.graphs))

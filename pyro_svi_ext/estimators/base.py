@@ -69,8 +69,9 @@ class ELBO(PyroHooks):
         ``-(max_plate_nesting + 1)``.
     :param bool strict_enumeration_warning: warn on enumeration the estimator ignores.
     :param bool ignore_jit_warnings: for the ``Jit*`` estimators, silence warnings raised
-        while a step is traced for compilation (Pyro: ``torch.jit.TracerWarning``); no
-        effect on the eager estimators (as in Pyro).
+        while a step is traced for compilation (Pyro: ``torch.jit.TracerWarning``), and
+        log (``logging``, not ``warnings``) a fall back to the eager step or to another
+        compile backend; no effect on the eager estimators (as in Pyro).
     :param dict jit_options: for the ``Jit*`` estimators, keyword arguments of
         ``torch.jit.trace`` used by the ``"jit"`` (TorchScript) compile backend, e.g.
         ``{"check_trace": True}``; other backends and the eager estimators ignore it.
