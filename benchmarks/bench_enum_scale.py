@@ -7,7 +7,8 @@ Each (implementation, model) runs in a fresh process, one thread: one warm-up SV
 (Adam), then the median time of ``--steps`` steps, and the peak of the bytes held by
 live tensors during one more step, from the CPU allocator's events recorded by
 ``torch.profiler`` (the resident size of the process mostly measured glibc's free
-lists: 82 MB vs 100 MB in one run, 100 vs 82 in the next). Writes ``benchmarks/results/enum_scale.{md,json}``.
+lists: 82 MB vs 100 MB in one run, 100 vs 82 in the next).
+Writes ``benchmarks/results/enum_scale.{md,json}``.
 """
 
 from __future__ import annotations
