@@ -70,8 +70,9 @@ def site_from_message(msg: dict) -> Site:
 
 
 def _raise_for_site(site: Site, role: str, err: Exception) -> None:
+    what = "log_prob" if role == "model" else "score_parts"
     raise type(err)(
-        f"{role} site {site.name!r}: computing log_prob failed: {err}"
+        f"Error while computing {what} at site {site.name!r} ({role}): {err}"
     ) from err
 
 
@@ -79,7 +80,7 @@ def compute_log_probs(sites: dict[str, Site], role: str = "model") -> None:
     """Fill ``log_prob`` and ``log_prob_sum`` of every site (model side).
 
     Errors name the site: ``ValueError``/``RuntimeError`` raised by the distribution are
-    re-raised with ``"<role> site '<name>'"`` in front.
+    re-raised with Pyro's ``"Error while computing log_prob at site '<name>'"`` in front.
     """
     for site in sites.values():
         if site.log_prob is not None:

@@ -1,0 +1,115 @@
+"""Pyro's own programs on the plugin (slow tier): Pyro's example scripts and Pyro's own
+test files, run once with Pyro's classes and once under the drop-in switch.
+
+Needs a Pyro checkout (its ``examples/`` and ``tests/``), which this project does not
+ship: ``PYRO_SOURCE=/path/to/pyro pytest -m slow tests/test_upstream.py``. Skipped, with
+that reason, when ``PYRO_SOURCE`` is unset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOURCE = os.environ.get("PYRO_SOURCE")
+RUNNER = Path(__file__).parent / "upstream" / "run_example.py"
+FLOAT = r"-?\d+\.\d+(?:e-?\d+)?"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SOURCE, reason="set PYRO_SOURCE to a Pyro checkout (examples/ "
+                                          "and tests/) to run Pyro's programs on the plugin"),
+]
+
+#: (example and its arguments, regex of the printed numbers to compare); each works
+#: offline, with the data it generates or Pyro bundles
+EXAMPLES = [
+    ("contrib/cevae/synthetic.py --num-epochs=1", rf"estimated ATE = ({FLOAT})"),
+    ("eight_schools/svi.py --num-epochs=50", rf"(?:loss: |^\[?\s*)({FLOAT})"),
+    ("svi_torch.py --num-epochs=2 --size=400", rf"loss = ({FLOAT})"),
+    ("lda.py --num-steps=2 --num-words=100 --num-docs=100 --num-words-per-doc=8",
+     rf"final loss = ({FLOAT})"),
+    ("inclined_plane.py --num-samples=1", rf"mu as: ({FLOAT})"),
+    ("contrib/autoname/mixture.py --num-epochs=1", rf"({FLOAT})"),
+    ("contrib/autoname/scoping_mixture.py --num-epochs=1", rf"({FLOAT})"),
+    ("contrib/autoname/tree_data.py --num-epochs=1", rf"({FLOAT})"),
+    ("rsa/generics.py --num-samples=10", rf"({FLOAT})$"),
+    ("minipyro.py --backend=pyro", rf"({FLOAT})"),
+    *[(f"capture_recapture/cjs.py --num-steps=1 -m {m}", rf"loss: ({FLOAT})")
+      for m in range(1, 6)],
+]
+
+#: Pyro's test files whose every test the plugin must pass where Pyro's classes pass
+TEST_FILES = [
+    "tests/infer/test_enum.py",
+    "tests/infer/test_valid_models.py",
+    "tests/infer/test_gradient.py",
+    "tests/infer/test_jit.py",
+    "tests/infer/test_autoguide.py",
+    "tests/infer/test_abstract_infer.py",
+    "tests/infer/test_multi_sample_elbos.py",
+    "tests/infer/test_tmc.py",
+    "tests/infer/test_discrete.py",
+    "tests/optim/test_optim.py",
+    "tests/contrib/easyguide",
+    "tests/contrib/test_minipyro.py",
+]
+
+
+def _version() -> str:
+    text = (Path(SOURCE) / "pyro" / "__init__.py").read_text()
+    return re.search(r'version_prefix = "([^"]+)"', text).group(1)
+
+
+def _numbers(text: str, pattern: str) -> list[float]:
+    found = []
+    for line in text.splitlines():
+        for match in re.finditer(pattern, line.strip()):
+            found.append(float(match.group(1)))
+    return found
+
+
+def _run_example(example: str, dropin: bool) -> str:
+    script, *args = example.split()
+    command = [sys.executable, str(RUNNER), *(["--dropin"] if dropin else []),
+               "--version", _version(), "--seed", "0", script, *args]
+    proc = subprocess.run(command, cwd=Path(SOURCE) / "examples", capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("example,pattern", EXAMPLES, ids=[e for e, _ in EXAMPLES])
+def test_pyros_example_gets_pyros_numbers_on_the_plugin(example, pattern):
+    theirs = _numbers(_run_example(example, dropin=False), pattern)
+    ours = _numbers(_run_example(example, dropin=True), pattern)
+    assert theirs, "the pattern found no number in Pyro's output"
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-5), (ours, theirs)
+
+
+def _failures(checkout: Path, path: str, dropin: bool) -> set[str]:
+    command = [sys.executable, "-m", "pytest", path, "-q", "-rf", "-p", "no:cacheprovider",
+               *(["--pyro-svi-ext"] if dropin else [])]
+    proc = subprocess.run(command, cwd=checkout, capture_output=True, text=True,
+                          timeout=3000)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")}
+
+
+@pytest.mark.parametrize("path", TEST_FILES)
+def test_pyros_test_file_passes_on_the_plugin_where_it_passes_on_pyro(path, tmp_path):
+    # Pyro's tests and their config, without its sources (they would shadow the
+    # installed pyro-ppl)
+    shutil.copytree(Path(SOURCE) / "tests", tmp_path / "tests")
+    shutil.copy(Path(SOURCE) / "setup.cfg", tmp_path / "setup.cfg")
+    theirs = _failures(tmp_path, path, dropin=False)
+    ours = _failures(tmp_path, path, dropin=True)
+    assert ours <= theirs, sorted(ours - theirs)
