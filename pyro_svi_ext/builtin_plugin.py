@@ -10,7 +10,7 @@ from pyro_svi_ext.estimators.jit import (
     JitTraceGraph_ELBO,
 )
 from pyro_svi_ext.hookspecs import hookimpl
-from pyro_svi_ext.registry import Capabilities, PluginRegistrar
+from pyro_svi_ext.plugin_api import Capabilities, PluginRegistrar
 
 
 @hookimpl

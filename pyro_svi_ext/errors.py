@@ -15,3 +15,7 @@ class NonFiniteLossError(ValueError):
         self.sites = sites
         where = ", ".join(sites) if sites else "no single site (the sum overflowed)"
         super().__init__(f"non-finite loss {loss}; non-finite log-probs at: {where}")
+
+
+class EmptyPosteriorError(ValueError):
+    """A posterior was read before it collected any trace (call ``.run(...)`` first)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from pyro_svi_ext.registry import BackendRegistrar, PluginRegistrar
+    from pyro_svi_ext.plugin_api import BackendRegistrar, PluginRegistrar
 
 PROJECT = "pyro_svi_ext"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -10,183 +10,33 @@ Names are matched case-insensitively, ``-`` and ``_`` alike: ``"Trace_ELBO"``,
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
-from pyro_svi_ext import hookspecs
+from pyro_svi_ext import builtin_plugin, hookspecs
+from pyro_svi_ext.compile import backends as compile_backends
+from pyro_svi_ext.plugin_api import (  # noqa: F401  (the registry's public names)
+    BUILTIN_PLUGIN,
+    BackendRegistrar,
+    Capabilities,
+    DuplicateEstimatorError,
+    EstimatorRegistry,
+    PluginLoadError,
+    PluginLoadWarning,
+    PluginRegistrar,
+    Registration,
+    UnknownEstimatorError,
+    normalize,
+)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 #: set to a non-empty value to skip loading third-party plugins from entry points
 DISABLE_AUTOLOAD_ENV = "PYRO_SVI_EXT_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGIN = "pyro_svi_ext.builtin"
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an estimator supports, for users choosing one."""
-
-    reparam: bool = True
-    nonreparam: bool = True
-    enumeration: bool = False
-    compiled: bool = False
-    devices: tuple[str, ...] = ("cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class Registration:
-    """One registered estimator: its class, names, capabilities, signature and plugin."""
-
-    name: str
-    cls: type
-    aliases: tuple[str, ...] = ()
-    capabilities: Capabilities = field(default_factory=Capabilities)
-    signature: str = ""
-    plugin: str = BUILTIN_PLUGIN
-
-
-class UnknownEstimatorError(KeyError):
-    """No estimator is registered under the name; ``matches`` lists close names."""
-
-    def __init__(self, name: str, matches: list[str], known: list[str]):
-        self.name = name
-        self.matches = matches
-        hint = f"; did you mean {', '.join(matches)}?" if matches else ""
-        super().__init__(f"no estimator named {name!r}{hint} (registered: {', '.join(known)})")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class DuplicateEstimatorError(ValueError):
-    """Two registrations claim one name; the message names both plugins."""
-
-
-class PluginLoadError(RuntimeError):
-    """A plugin failed to import or to register; ``plugin`` names it, ``__cause__`` says why."""
-
-    def __init__(self, plugin: str, cause: BaseException):
-        self.plugin = plugin
-        super().__init__(f"plugin {plugin!r} failed to load: {type(cause).__name__}: {cause}")
-        self.__cause__ = cause
-
-
-class PluginLoadWarning(UserWarning):
-    """Emitted once per plugin that failed to load (the others are still available)."""
-
-
-def normalize(name: str) -> str:
-    """The lookup key of a name: lower case, ``-`` read as ``_``."""
-    return name.strip().lower().replace("-", "_")
-
-
-class EstimatorRegistry:
-    """Registrations by canonical name and alias, plus the plugins that failed."""
-
-    def __init__(self):
-        self._by_key: dict[str, Registration] = {}
-        self._registrations: list[Registration] = []
-        self.load_errors: list[PluginLoadError] = []
-        self.backends: dict[str, object] = {}
-
-    def conflict(self, registration: Registration) -> Registration | None:
-        """The existing registration that claims one of ``registration``'s names."""
-        for name in (registration.name, *registration.aliases):
-            existing = self._by_key.get(normalize(name))
-            if existing is not None:
-                return existing
-        return None
-
-    def add(self, registration: Registration) -> None:
-        """Add a registration. ``DuplicateEstimatorError`` if a name is taken."""
-        existing = self.conflict(registration)
-        if existing is not None:
-            raise DuplicateEstimatorError(
-                f"estimator name {registration.name!r} (or an alias) from plugin "
-                f"{registration.plugin!r} is already registered as {existing.name!r} by plugin "
-                f"{existing.plugin!r}"
-            )
-        for name in (registration.name, *registration.aliases):
-            self._by_key[normalize(name)] = registration
-        self._registrations.append(registration)
-
-    def get(self, name: str) -> Registration:
-        """The registration for ``name``; :class:`UnknownEstimatorError` if none."""
-        registration = self._by_key.get(normalize(name))
-        if registration is None:
-            keys = difflib.get_close_matches(normalize(name), list(self._by_key), n=3,
-                                             cutoff=0.6)
-            matches = list(dict.fromkeys(self._by_key[k].name for k in keys))
-            raise UnknownEstimatorError(name, matches, [r.name for r in self._registrations])
-        return registration
-
-    def registrations(self) -> list[Registration]:
-        """All registrations, in load order."""
-        return list(self._registrations)
-
-
-class PluginRegistrar:
-    """What a plugin's hook receives: collects that plugin's registrations, which the
-    registry keeps only if the hook returns without error."""
-
-    def __init__(self, plugin: str, registry: EstimatorRegistry):
-        self.plugin = plugin
-        self._registry = registry
-        self.staged: list[Registration] = []
-
-    def add(
-        self,
-        cls: type,
-        name: str | None = None,
-        aliases: tuple[str, ...] | list[str] = (),
-        capabilities: Capabilities | None = None,
-    ) -> None:
-        """Register estimator class ``cls`` under ``name`` (default ``cls.__name__``).
-
-        ``DuplicateEstimatorError`` if the name or an alias is taken.
-        """
-        registration = Registration(
-            name=name or cls.__name__,
-            cls=cls,
-            aliases=tuple(aliases),
-            capabilities=capabilities or Capabilities(),
-            signature=f"{name or cls.__name__}{inspect.signature(cls)}",
-            plugin=self.plugin,
-        )
-        staging = EstimatorRegistry()
-        for staged in self.staged:
-            staging.add(staged)
-        for registry in (self._registry, staging):
-            existing = registry.conflict(registration)
-            if existing is not None:
-                registry.add(registration)  # raises, naming both plugins
-        self.staged.append(registration)
-
-
-class BackendRegistrar:
-    """What a plugin's ``pyro_svi_ext_register_backends`` hook receives."""
-
-    def __init__(self, plugin: str, registry: EstimatorRegistry):
-        self.plugin = plugin
-        self._registry = registry
-        self.staged: dict[str, object] = {}
-
-    def add(self, name: str, compile, description: str = "") -> None:
-        """Register a compile backend; ``DuplicateEstimatorError`` if the name is taken."""
-        from pyro_svi_ext.compile.backends import BACKENDS, Backend
-
-        key = name.lower()
-        if key in BACKENDS or key in self._registry.backends or key in self.staged:
-            raise DuplicateEstimatorError(f"compile backend {name!r} from plugin "
-                                          f"{self.plugin!r} is already registered")
-        self.staged[key] = Backend(key, compile, description)
 
 
 def _entry_point_plugins(pm: pluggy.PluginManager) -> list[PluginLoadError]:
@@ -216,8 +66,6 @@ def get_plugin_manager(
     Returns ``(plugin_manager, load_errors)``; a misspelled hook in a plugin is a load
     error of that plugin (pluggy's ``check_pending``).
     """
-    from pyro_svi_ext import builtin_plugin
-
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(builtin_plugin, name=BUILTIN_PLUGIN)
@@ -302,8 +150,12 @@ def available() -> list[Registration]:
 
 def backends() -> dict:
     """Compile backends added by plugins (name -> Backend); built-ins live in
-    :data:`pyro_svi_ext.compile.BACKENDS`."""
+    :data:`pyro_svi_ext.compile.backends.BUILTIN_BACKENDS`."""
     return dict(_registry().backends)
+
+
+# compile/ looks backends up by name; those of plugins come from here (loaded on demand)
+compile_backends.set_plugin_backends(backends)
 
 
 def load_errors() -> list[PluginLoadError]:

@@ -79,7 +79,7 @@ def test_model_error_names_the_site_and_changes_nothing():
     _, optim = trained_svi()
     before = snapshot(optim)
     svi_bad = SVI(bad_model, guide, optim, Trace_ELBO())
-    with pytest.raises(ValueError, match="model site 'obs'"):
+    with pytest.raises(ValueError, match="Error while computing log_prob at site 'obs'"):
         svi_bad.step(torch.tensor([0.0, 3.0, 1.0, 0.0]))
     assert_same_snapshot(before, snapshot(optim))
 

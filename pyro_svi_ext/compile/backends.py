@@ -32,6 +32,10 @@ def _eager(gm, example_inputs):
 _LEGACY_NOTICE = [False]
 
 
+class LegacyBackendWarning(UserWarning):
+    """The ``"jit"`` (TorchScript) backend was chosen: deprecated in torch, said once."""
+
+
 def _torchscript(gm, example_inputs, jit_options: dict | None = None):
     """``torch.jit.trace`` of the graph: the legacy path (TorchScript is deprecated in
     current torch). Says so once per process, and keeps torch's own deprecation
@@ -40,8 +44,8 @@ def _torchscript(gm, example_inputs, jit_options: dict | None = None):
     if not _LEGACY_NOTICE[0]:
         _LEGACY_NOTICE[0] = True
         warnings.warn("pyro_svi_ext: the 'jit' compile backend (TorchScript) is the legacy "
-                      "path; 'inductor' is the default and usually faster", UserWarning,
-                      stacklevel=2)
+                      "path; 'inductor' is the default and usually faster",
+                      LegacyBackendWarning, stacklevel=2)
     inputs = [t.detach().clone() for t in example_inputs]  # tracing runs the graph once
     with warnings.catch_warnings(), torch.random.fork_rng(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -131,21 +135,33 @@ def _static_fake_context(example_inputs):
 #: and reproduces the traced graph's numbers
 AUTO_BACKENDS = ("inductor", "jit", "eager")
 
-BACKENDS: dict[str, Backend] = {
+BUILTIN_BACKENDS: dict[str, Backend] = {
     b.name: b for b in (
         Backend("eager", _eager, "replay the traced graph op by op"),
         Backend("jit", _torchscript, "TorchScript trace of the graph (legacy)"),
         Backend("inductor", _inductor, "torch.compile / inductor: fused kernels"),
     )
 }
+#: the name tests and older code used for the built-in table
+BACKENDS = BUILTIN_BACKENDS
+
+#: plugins' backends (name -> Backend), supplied by the plugin registry, which sits
+#: above this layer and hands its lookup down at import (no import points up)
+_plugin_backends: list[Callable[[], dict]] = [dict]
+
+
+def set_plugin_backends(source: Callable[[], dict]) -> None:
+    """Where :func:`get_backend` finds plugins' backends (the plugin registry's)."""
+    _plugin_backends[0] = source
 
 
 def get_backend(name: str) -> Backend:
-    """The backend registered as ``name`` (built-in or from a plugin);
-    ``KeyError`` listing the known names otherwise."""
-    from pyro_svi_ext import registry
-
-    backends = {**BACKENDS, **registry.backends()}
+    """The backend registered as ``name`` (built-in, or a plugin's: plugins are loaded
+    then if they were not yet); ``KeyError`` listing the known names otherwise."""
+    backend = BUILTIN_BACKENDS.get(name.lower())
+    if backend is not None:
+        return backend
+    backends = {**BUILTIN_BACKENDS, **_plugin_backends[0]()}
     try:
         return backends[name.lower()]
     except KeyError:

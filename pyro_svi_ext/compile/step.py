@@ -37,7 +37,12 @@ import pyro.optim
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
+from pyro_svi_ext.compile.backends import (
+    AUTO_BACKENDS,
+    Backend,
+    LegacyBackendWarning,
+    get_backend,
+)
 from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
 from pyro_svi_ext.compile.tracing import (
     Untraceable,
@@ -239,6 +244,7 @@ class CompiledLossAndGrads:
                 # user's: under -W error they would make every backend fail
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
+                    warnings.simplefilter("default", LegacyBackendWarning)  # ours, once
                     run = backend.compile(production, inputs, **options)
                     with torch.no_grad(), torch.random.fork_rng(devices=devices):
                         compiled = run(*[copies.get(id(t), t) for t in inputs])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-from pyro_svi_ext.infer.trace_posterior import TracePosterior
+from pyro_svi_ext.errors import EmptyPosteriorError
 from pyro_svi_ext.trace.posterior import site_value
 
 
@@ -31,7 +31,9 @@ class EmpiricalMarginal(dist.Empirical):
             raise TypeError("EmpiricalMarginal needs a TracePosterior, got "
                             f"{type(trace_posterior).__name__}")
         if not trace_posterior.exec_traces:
-            TracePosterior.require_traces(trace_posterior)
+            raise EmptyPosteriorError(
+                f"{type(trace_posterior).__name__} holds no traces: call .run(*args, "
+                "**kwargs) first (and give it num_samples > 0)")
         sites = "_RETURN" if sites is None else sites
         samples, log_weights = self._collect(trace_posterior, sites)
         super().__init__(samples, log_weights, validate_args=validate_args)

@@ -8,12 +8,10 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
+from pyro_svi_ext.errors import EmptyPosteriorError
+from pyro_svi_ext.infer.marginal import EmpiricalMarginal
 from pyro_svi_ext.kernels import waic
 from pyro_svi_ext.trace.posterior import observed_log_likelihood, without_observations
-
-
-class EmptyPosteriorError(ValueError):
-    """A posterior was read before it collected any trace (call ``.run(...)`` first)."""
 
 
 class TracePosterior:
@@ -106,8 +104,6 @@ class Marginals:
     ``["_RETURN"]``)."""
 
     def __init__(self, trace_posterior: TracePosterior, sites=None, validate_args=None):
-        from pyro_svi_ext.infer.marginal import EmpiricalMarginal
-
         if sites is None:
             sites = ["_RETURN"]
         elif isinstance(sites, str):
