@@ -18,6 +18,7 @@ from compat_matrix import cells as cellmod
 from compat_matrix.compare import (
     PINS,
     check_conformance,
+    check_internals,
     check_parity,
     check_pins,
     deviation,
@@ -54,7 +55,8 @@ def cmd_run(opts) -> int:
             print(f"{cell.label}: skipped ({why})", flush=True)
             continue
         cell_rows = (check_pins(cell.label, results, pins) + check_parity(cell.label, results)
-                     + check_conformance(cell.label, results))
+                     + check_conformance(cell.label, results)
+                     + check_internals(cell.label, results))
         rows += cell_rows
         failed = sum(r["status"] == "fail" for r in cell_rows)
         print(f"{cell.label}: {len(cell_rows) - failed} checks pass, {failed} fail",

@@ -103,6 +103,16 @@ def check_conformance(label: str, results: dict) -> list[dict]:
     return rows
 
 
+def check_internals(label: str, results: dict) -> list[dict]:
+    """One row per group of Pyro internals the package reaches through its adapter
+    (:func:`pyro_svi_ext.pyro_compat.probe`, run in the cell): pass when each still
+    works in that Pyro."""
+    return [{"cell": label, "scenario": "pyro internals", "check": "internals",
+             "quantity": name, "status": "pass" if outcome == "ok" else "fail",
+             **({} if outcome == "ok" else {"why": outcome})}
+            for name, outcome in results.get("pyro_internals", {}).items()]
+
+
 def summarize(rows: list[dict]) -> dict[tuple[str, str], str]:
     """``{(cell, scenario): "pass" | "FAIL <check> <quantity> (dev ...)" | "skipped: ..."}``."""
     cells: dict = {}

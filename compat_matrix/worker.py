@@ -7,6 +7,7 @@ import json
 
 from compat_matrix.conformance import conformance
 from compat_matrix.quantities import compute_module, environment, load_module
+from pyro_svi_ext.pyro_compat import probe
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     results = compute_module(load_module(opts.module), opts.steps)
     with open(opts.out, "w") as f:
         json.dump({"environment": environment(), "scenarios": results,
-                   "conformance": conformance()}, f)
+                   "conformance": conformance(), "pyro_internals": probe()}, f)
 
 
 if __name__ == "__main__":

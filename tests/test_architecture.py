@@ -119,3 +119,65 @@ def test_kernels_import_torch_only_and_nothing_imports_pyro_inference_code():
         forbidden = {m for m in _external_imports(path)
                      if m.startswith(("pyro.infer", "pyro.ops.contract", "pyro.ops.einsum"))}
         assert forbidden == set(), (path.name, forbidden)
+
+
+def _own_names() -> set[str]:
+    """Every name the package defines: functions, classes, attributes it assigns,
+    parameters (so ``x._own`` on the package's own objects is allowed)."""
+    names: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+    return names
+
+
+def _root(node: ast.AST) -> str:
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        node = node.value if not isinstance(node, ast.Call) else node.func
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def private_reads(path: Path, own: set[str]) -> list[str]:
+    """``module:line name`` of each private attribute or private infer key read in
+    ``path`` that the package does not define (so: Pyro's), torch's aside."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__") and node.attr not in own
+                and _root(node) != "torch"):
+            found.append(f"{path.name}:{node.lineno} .{node.attr}")
+        key = None
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            key = node.slice.value
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "get" and node.args
+              and isinstance(node.args[0], ast.Constant)):
+            key = node.args[0].value
+        if isinstance(key, str) and key.startswith("_") and not key.startswith("__"):
+            found.append(f"{path.name}:{node.lineno} [{key!r}]")
+    return sorted(found)
+
+
+def test_only_the_adapter_reads_pyros_private_attributes():
+    own = _own_names()
+    reads = [r for path in PACKAGE.rglob("*.py") if path.name != "pyro_compat.py"
+             for r in private_reads(path, own)]
+    assert reads == []
+
+
+def test_the_private_read_scan_finds_a_read():
+    source = "def f(store):\n    return store._params['x'], msg['_enumerate_dim']\n"
+    path = Path(__file__).parent / "_scan_probe.py"
+    path.write_text(source)
+    try:
+        assert private_reads(path, set()) == ["_scan_probe.py:2 ._params",
+                                              "_scan_probe.py:2 ['_enumerate_dim']"]
+    finally:
+        path.unlink()

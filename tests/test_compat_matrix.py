@@ -10,8 +10,9 @@ import pyro
 import pytest
 
 from compat_matrix import cells
-from compat_matrix.compare import check_parity, check_pins, load_pins, markdown
+from compat_matrix.compare import check_internals, check_parity, check_pins, load_pins, markdown
 from compat_matrix.quantities import compute_module, load_module
+from pyro_svi_ext.pyro_compat import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,20 @@ def test_pins_hold_in_this_environment(here_results):
 
 def test_our_estimators_agree_with_this_pyro(here_results):
     rows = check_parity("here", here_results)
-    assert len(rows) == 37 and all(r["status"] == "pass" for r in rows)  # 8 scenarios
+    compared = [q for values in here_results["scenarios"].values() for q in values
+                if q.startswith("ours.") and q != "ours.error"]
+    assert len(rows) == len(compared) and all(r["status"] == "pass" for r in rows)
+    assert {r["scenario"] for r in rows} == set(here_results["scenarios"])
+
+
+def test_pyro_internals_work_here_and_a_broken_one_is_reported():
+    assert set(probe().values()) == {"ok"}
+    rows = check_internals("pyro X", {"pyro_internals": {
+        "param store": "AttributeError: 'ParamStoreDict' object has no attribute '_params'",
+        "PyroOptim": "ok"}})
+    assert [(r["quantity"], r["status"]) for r in rows] == [("param store", "fail"),
+                                                           ("PyroOptim", "pass")]
+    assert "_params" in rows[0]["why"]
 
 
 def test_every_pin_states_its_tolerance_and_provenance():

@@ -23,6 +23,7 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
 from pyro_svi_ext.kernels.optim_updates import adam_update, clipped_adam_update, sgd_update
+from pyro_svi_ext.pyro_compat import clip_args, optim_constructor, per_param_optimizers
 
 _KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd",
           ClippedAdam: "clipped_adam"}
@@ -46,14 +47,15 @@ def unsupported_reason(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) 
     """Why ``optim``'s update for ``params`` cannot run inside a compiled step, or None."""
     if type(optim) is not pyro.optim.PyroOptim:
         return f"{type(optim).__name__} (LR schedulers step on the host)"
-    kind = _KINDS.get(optim.pt_optim_constructor)
+    kind = _KINDS.get(optim_constructor(optim))
     if kind is None:
-        return f"optimizer {optim.pt_optim_constructor.__name__} has no compiled update"
+        return f"optimizer {optim_constructor(optim).__name__} has no compiled update"
+    optimizers = per_param_optimizers(optim)
     for p in params:
-        optimizer = optim.optim_objs.get(p)
+        optimizer = optimizers.get(p)
         if optimizer is None:
             return NOT_STEPPED
-        if optim.grad_clip.get(p) is not None:
+        if clip_args(optim, p) is not None:
             return "gradient clipping arguments (clip_args)"
         (group,) = optimizer.param_groups
         if any(group.get(k) for k in _REFUSED):
@@ -128,11 +130,11 @@ class OptimPlan:
     """
 
     def __init__(self, optim: pyro.optim.PyroOptim, params: list[torch.Tensor]):
-        kind = _KINDS[optim.pt_optim_constructor]
+        kind = _KINDS[optim_constructor(optim)]
         self.optim = optim
         self.kind = kind
         self.params = list(params)
-        self.slots = [_Slot(optim.optim_objs[p], p, kind) for p in params]
+        self.slots = [_Slot(per_param_optimizers(optim)[p], p, kind) for p in params]
         shared: dict = {}
         for p, slot in zip(params, self.slots, strict=True):
             lr = slot.group["lr"]
@@ -166,7 +168,7 @@ class OptimPlan:
             return False
         if not all(map(operator.is_, params, self.params)):
             return False
-        optimizers = list(map(optim.optim_objs.get, params))  # cleared on a reload
+        optimizers = list(map(per_param_optimizers(optim).get, params))  # cleared on a reload
         if not all(map(operator.is_, optimizers, self._optimizers)):
             return False
         # loading a torch optimizer's state replaces its ``state`` and ``param_groups``

@@ -51,6 +51,7 @@ from pyro_svi_ext.compile.tracing import (
     pyro_modules_bound_to,
 )
 from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.pyro_compat import store_tensors
 from pyro_svi_ext.trace.static_plates import full_plates_are_constant
 
 logger = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ class CompiledLossAndGrads:
 
     @staticmethod
     def _from_store(names: list[str]) -> list[torch.Tensor]:
-        params = pyro.get_param_store()._params
+        params = store_tensors()
         try:
             return [params[n] for n in names]
         except KeyError as missing:

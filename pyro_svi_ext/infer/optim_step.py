@@ -19,6 +19,8 @@ import inspect
 import pyro.optim
 import torch
 
+from pyro_svi_ext.pyro_compat import clip_args, optim_constructor, per_param_optimizers
+
 FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop,
            torch.optim.Adagrad, torch.optim.Adamax)
 _NOT_HYPER = ("params", "foreach", "fused", "differentiable", "capturable")
@@ -30,21 +32,21 @@ class FusedStep:
     def __init__(self, optim: pyro.optim.PyroOptim):
         self.optim = optim
         self.fusable = (
-            type(optim) is pyro.optim.PyroOptim and optim.pt_optim_constructor in FUSABLE
+            type(optim) is pyro.optim.PyroOptim and optim_constructor(optim) in FUSABLE
         )
         self._key: tuple | None = None
         self._hypers: list[dict] = []
         self._fused: list[torch.optim.Optimizer] = []
-        accepted = inspect.signature(optim.pt_optim_constructor).parameters
+        accepted = inspect.signature(optim_constructor(optim)).parameters
         self._accepted = set(accepted) - {"params"}
 
     def __call__(self, params: list[torch.Tensor]) -> None:
         optim = self.optim
-        objs = optim.optim_objs
+        objs = per_param_optimizers(optim)
         if (
             not self.fusable
             or len(params) < 2
-            or any(p not in objs or optim.grad_clip.get(p) is not None for p in params)
+            or any(p not in objs or clip_args(optim, p) is not None for p in params)
         ):
             optim(params)
             return
@@ -63,13 +65,13 @@ class FusedStep:
         return {k: v for k, v in group.items() if k in self._accepted and k not in _NOT_HYPER}
 
     def _build(self, params: list[torch.Tensor], hypers: list[dict]):
-        objs = self.optim.optim_objs
+        objs = per_param_optimizers(self.optim)
         groups: dict[str, tuple[dict, list]] = {}
         for p, hyper in zip(params, hypers, strict=True):
             groups.setdefault(repr(sorted(hyper.items())), (hyper, []))[1].append(p)
         fused = []
         for hyper, members in groups.values():
-            opt = self.optim.pt_optim_constructor(members, foreach=True, **hyper)
+            opt = optim_constructor(self.optim)(members, foreach=True, **hyper)
             for p in members:
                 opt.state[p] = objs[p].state[p]  # share, do not copy
             fused.append(opt)

@@ -11,6 +11,7 @@ from itertools import zip_longest
 
 import torch
 
+from pyro_svi_ext.pyro_compat import enumerate_dim
 from pyro_svi_ext.trace.sites import Site
 
 
@@ -43,7 +44,7 @@ def check_pairing(model: dict[str, Site], guide: dict[str, Site], enumerated_ok:
                       stacklevel=4)
     missing = latent - set(guide)
     if enumerated_ok:
-        missing = {n for n in missing if model[n].infer.get("_enumerate_dim") is None}
+        missing = {n for n in missing if enumerate_dim(model[n].infer) is None}
     for name in sorted(missing):
         if model[name].infer.get("enumerate") == "sequential":
             raise NotImplementedError(
@@ -143,7 +144,7 @@ def check_site_shape(site: Site, role: str, max_plate_nesting: float) -> None:
                 f"{tuple(expected)} (-1 = any size). Put the site inside the plates that "
                 "index its batch dims, or move event dims right with .to_event(n)"
             )
-    enum_dim = site.infer.get("_enumerate_dim")
+    enum_dim = enumerate_dim(site.infer)
     batch_shape = getattr(site.fn, "batch_shape", ())
     if enum_dim is not None and len(batch_shape) >= -enum_dim and batch_shape[enum_dim] != 1:
         raise ValueError(

@@ -13,9 +13,13 @@ from collections.abc import Callable, Iterator
 from pyro.poutine.enum_messenger import EnumMessenger
 
 from pyro_svi_ext.kernels.sumproduct import Factor, pack
+from pyro_svi_ext.pyro_compat import dim_ids, enumerate_dim
 from pyro_svi_ext.trace.recorder import SUBSAMPLES, SequentialBranch, run_recorded
 from pyro_svi_ext.trace.run import TracePair, finish_pair, vectorize_particles
 from pyro_svi_ext.trace.sites import Site
+
+#: the infer key a sequentially enumerated site carries: how many values its branches take
+ENUM_TOTAL = "_enum_total"
 
 
 def plate_label(name: str) -> tuple:
@@ -30,17 +34,17 @@ def ordinal(site: Site) -> frozenset:
 def dim_labels(site: Site) -> dict[int, tuple]:
     """Negative dim -> label for the site's batch dims."""
     labels = {f.dim: plate_label(f.name) for f in site.frames if f.dim is not None}
-    for dim, uid in site.infer.get("_dim_to_id", {}).items():
+    for dim, uid in dim_ids(site.infer).items():
         labels.setdefault(dim, ("enum", uid))
     return labels
 
 
 def enum_label(site: Site) -> tuple | None:
     """The label of the site's own enumerated dim, or None if it is not enumerated."""
-    dim = site.infer.get("_enumerate_dim")
+    dim = enumerate_dim(site.infer)
     if dim is None:
         return None
-    return ("enum", site.infer["_dim_to_id"][dim])
+    return ("enum", dim_ids(site.infer)[dim])
 
 
 def packed(site: Site, tensor) -> Factor:
@@ -56,7 +60,7 @@ def packed(site: Site, tensor) -> Factor:
 
 
 def is_enumerated(site: Site) -> bool:
-    return site.infer.get("_enumerate_dim") is not None or "_enum_total" in site.infer
+    return enumerate_dim(site.infer) is not None or ENUM_TOTAL in site.infer
 
 
 def _run_branch(model, guide, args, kwargs, max_plate_nesting, assignment) -> TracePair:
@@ -86,5 +90,5 @@ def enum_pairs(model: Callable, guide: Callable, args: tuple, kwargs: dict,
                 prefix = {**branch.sites, **assignment, SUBSAMPLES: branch.subsamples}
                 total = len(branch.values)
                 for value in branch.values:
-                    infer = {**branch.infer, "_enum_total": total}
+                    infer = {**branch.infer, ENUM_TOTAL: total}
                     stack.append({**prefix, branch.name: (value, infer)})

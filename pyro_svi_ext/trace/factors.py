@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from pyro_svi_ext.kernels import is_identically_zero
-from pyro_svi_ext.trace.enum import enum_label, ordinal, packed
+from pyro_svi_ext.pyro_compat import enumerate_dim
+from pyro_svi_ext.trace.enum import ENUM_TOTAL, enum_label, ordinal, packed
 from pyro_svi_ext.trace.run import TracePair
 from pyro_svi_ext.trace.sites import Site
 
@@ -76,7 +77,7 @@ def model_factors(pair: TracePair) -> ModelFactors:
         guide_labels.update(packed(site, site.log_prob).dims)
     cost_sites, enum_sites, sum_labels = [], [], set()
     for name, site in pair.model.items():
-        if name in pair.guide or site.infer.get("_enumerate_dim") is None:
+        if name in pair.guide or enumerate_dim(site.infer) is None:
             cost_sites.append(site)
         else:
             enum_sites.append(site)
@@ -121,7 +122,7 @@ def guide_dice_factors(pair: TracePair) -> tuple[dict, dict]:
                 score = torch.tensor(float(score), device=site.value.device)
             score = score.expand(torch.broadcast_shapes(score.shape, site.log_prob.shape))
         elif site.infer.get("enumerate") == "sequential":
-            log_denoms[t] = log_denoms.get(t, 0.0) + math.log(site.infer["_enum_total"])
+            log_denoms[t] = log_denoms.get(t, 0.0) + math.log(site.infer[ENUM_TOTAL])
         elif not site.infer.get("enumerate") and not is_identically_zero(score):
             score = score - score.detach()
         if not is_identically_zero(score):
@@ -135,7 +136,7 @@ def check_enumeration_locality(model_enumerated: list[Site], guide: dict[str, Si
     per plate element of the guide's variable, which TraceEnum_ELBO does not compute."""
     common = frozenset.intersection(*(ordinal(s) for s in model_enumerated))
     for name, site in guide.items():
-        if site.infer.get("_enumerate_dim") is None:
+        if enumerate_dim(site.infer) is None:
             continue
         for frame in site.frames:
             if frame.dim is not None and ("plate", frame.name) not in common:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import pyro.poutine as poutine
 import torch
 
+from pyro_svi_ext.pyro_compat import is_subsample
+
 
 def _guided_traces(model: Callable, guide: Callable, args: tuple, kwargs: dict):
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -69,10 +71,6 @@ def observed_log_likelihood(traces: list) -> torch.Tensor:
     return torch.stack(values)
 
 
-def _is_subsample(site: dict) -> bool:
-    return type(site["fn"]).__name__ == "_Subsample"
-
-
 def fit_to_data(trace, data_trace) -> None:
     """Make a posterior trace's latent sites fit a fresh run of the model (``data_trace``):
     take its distributions, plate frames and subsample indices, and resample each plate's
@@ -80,7 +78,7 @@ def fit_to_data(trace, data_trace) -> None:
     chosen: dict[str, torch.Tensor] = {}
     for name, site in trace.iter_stochastic_nodes():
         fresh = data_trace.nodes[name]
-        if _is_subsample(site):
+        if is_subsample(site["fn"]):
             site["fn"], site["value"] = fresh["fn"], fresh["value"]
         old_frames, site["cond_indep_stack"] = site["cond_indep_stack"], fresh["cond_indep_stack"]
         site["fn"] = fresh["fn"]

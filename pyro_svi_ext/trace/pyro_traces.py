@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pyro.poutine as poutine
 from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 
+from pyro_svi_ext.pyro_compat import is_subsample
 from pyro_svi_ext.trace.checks import check_pairing, check_site_shape, warn_if_enumerated
 from pyro_svi_ext.trace.run import TracePair, is_guide_messenger
 from pyro_svi_ext.trace.sites import (
@@ -32,7 +33,7 @@ def _sample_sites(trace) -> dict[str, Site]:
 
 def _plates(trace) -> set[str]:
     return {name for name, node in trace.nodes.items()
-            if node["type"] == "sample" and type(node["fn"]).__name__ == "_Subsample"}
+            if node["type"] == "sample" and is_subsample(node["fn"])}
 
 
 def importance_traces(model: Callable, guide: Callable, args: tuple, kwargs: dict,

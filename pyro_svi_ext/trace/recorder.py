@@ -12,14 +12,10 @@ from collections.abc import Mapping
 import torch
 from pyro.poutine.messenger import Messenger
 
+from pyro_svi_ext.pyro_compat import hidden_from_traces, is_subsample
 from pyro_svi_ext.trace.provenance import track
 from pyro_svi_ext.trace.sites import Site, site_from_message
 from pyro_svi_ext.trace.static_plates import constant_indices
-
-
-def _is_subsample(msg: dict) -> bool:
-    return type(msg["fn"]).__name__ == "_Subsample"
-
 
 #: key under which a sequential assignment keeps the subsample indices it replays
 SUBSAMPLES = "_pyro_svi_ext_subsamples"
@@ -75,7 +71,7 @@ class SiteRecorder(Messenger):
         self.replay_subsamples: Mapping[str, torch.Tensor] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
-        if _is_subsample(msg):
+        if is_subsample(msg["fn"]):
             indices = self.replay_subsamples.get(msg["name"])
             if indices is None and not msg["is_observed"]:
                 fn = msg["fn"]
@@ -117,13 +113,12 @@ class SiteRecorder(Messenger):
     def _pyro_post_sample(self, msg: dict) -> None:
         if self.params_only:
             return
-        if _is_subsample(msg):
+        if is_subsample(msg["fn"]):
             self.subsamples[msg["name"]] = msg["value"]
             if msg["value"].numel() < msg["fn"].size:
                 self.subsampled_plates.add(msg["name"])
             return
-        infer = msg["infer"]
-        if infer and infer.get("_do_not_trace"):
+        if hidden_from_traces(msg["infer"]):
             return
         name = msg["name"]
         if name in self.sites:

@@ -1,0 +1,206 @@
+"""The one door to Pyro internals: everything the package reads or writes in Pyro beyond
+its documented API goes through here, so a Pyro upgrade that moves one of them breaks
+one module, and the compatibility matrix probes exactly these accessors in every cell
+(:func:`probe`).
+
+Where Pyro has public API for a need, the package uses that instead (e.g.
+``ParamStoreDict.named_parameters()`` to read the store, ``poutine.unwrap``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pyro
+import pyro.optim
+import torch
+
+# --- messages and infer dicts ------------------------------------------------------------
+#: infer keys Pyro's EnumMessenger and plates write on a message
+ENUMERATE_DIM = "_enumerate_dim"
+DIM_TO_ID = "_dim_to_id"
+DO_NOT_TRACE = "_do_not_trace"
+
+
+def is_subsample(fn: object) -> bool:
+    """Whether a sample site's distribution is a plate's index draw (Pyro's private
+    ``_Subsample``), not a random variable."""
+    return type(fn).__name__ == "_Subsample"
+
+
+def enumerate_dim(infer: dict) -> int | None:
+    """The batch dim Pyro's enumeration gave the site's own values, or None."""
+    return infer.get(ENUMERATE_DIM)
+
+
+def dim_ids(infer: dict) -> dict[int, int]:
+    """Pyro's enumeration ids of the dims a site's value varies along (dim -> id)."""
+    return infer.get(DIM_TO_ID, {})
+
+
+def hidden_from_traces(infer: dict | None) -> bool:
+    """Whether Pyro marked the message as not to be traced."""
+    return bool(infer) and bool(infer.get(DO_NOT_TRACE))
+
+
+# --- the param store ------------------------------------------------------------------------
+def store_tensors() -> dict[str, torch.Tensor]:
+    """The param store's unconstrained tensors by name (the live dict: no copy)."""
+    return pyro.get_param_store()._params
+
+
+@contextmanager
+def store_serving(names: list[str], values: list[torch.Tensor]) -> Iterator[dict]:
+    """The param store serves ``values`` (unconstrained) for ``names``; everything in
+    it, the name index included, is put back afterwards. Yields the served dict."""
+    store = pyro.get_param_store()
+    saved = dict(store._params)
+    saved_names = dict(store._param_to_name)
+    try:
+        for name, value in zip(names, values, strict=True):
+            store._params[name] = value
+        yield store._params
+    finally:
+        store._params.clear()
+        store._params.update(saved)
+        store._param_to_name.clear()
+        store._param_to_name.update(saved_names)
+
+
+# --- pyro.module and PyroModule ---------------------------------------------------------------
+@contextmanager
+def modules_read_from_store() -> Iterator[None]:
+    """``pyro.module`` registers with ``update_module_params=True`` (networks compute with
+    the param store's tensors); each module's own parameters are put back afterwards."""
+    original = pyro.module
+    touched: list = []
+
+    def module(name, nn_module, update_module_params=False):
+        touched.extend((sub, dict(sub._parameters)) for sub in nn_module.modules())
+        return original(name, nn_module, update_module_params=True)
+
+    pyro.module = module
+    try:
+        yield
+    finally:
+        pyro.module = original
+        for sub, params in reversed(touched):
+            sub._parameters.clear()
+            sub._parameters.update(params)
+
+
+def pyro_module_slots(module: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, str]]:
+    """``(submodule, param-store name, attribute in its _parameters)`` for each parameter
+    of each ``PyroModule`` in ``module`` that has been run: ``PyroParam`` s live as
+    ``<name>_unconstrained``, plain ``nn.Parameter`` s under their own name."""
+    for sub in module.modules():
+        context = sub.__dict__.get("_pyro_context")
+        if context is None or not context.used:
+            continue
+        keys = {name: name + "_unconstrained" for name in sub.__dict__.get("_pyro_params") or {}}
+        keys.update((name, name) for name in list(sub._parameters)
+                    if not name.endswith("_unconstrained"))
+        for name, key in keys.items():
+            if key in sub._parameters:
+                yield sub, sub._pyro_get_fullname(name), key
+
+
+def get_module_parameter(sub: torch.nn.Module, key: str) -> torch.Tensor:
+    return sub._parameters[key]
+
+
+def set_module_parameter(sub: torch.nn.Module, key: str, value: torch.Tensor) -> None:
+    """Replace a parameter without ``nn.Module``'s type checks (a graph input)."""
+    sub._parameters[key] = value
+
+
+# --- PyroOptim ----------------------------------------------------------------------------------
+def optim_constructor(optim: pyro.optim.PyroOptim) -> Callable:
+    """The torch optimizer class a ``PyroOptim`` builds per parameter."""
+    return optim.pt_optim_constructor
+
+
+def per_param_optimizers(optim: pyro.optim.PyroOptim) -> dict:
+    """The ``PyroOptim``'s torch optimizer of each parameter (created at its first step)."""
+    return optim.optim_objs
+
+
+def clip_args(optim: pyro.optim.PyroOptim, param: torch.Tensor):
+    """The gradient clipping of ``param`` (a callable; None when it has none)."""
+    return optim.grad_clip.get(param)
+
+
+# --- the probe ----------------------------------------------------------------------------------
+def probe() -> dict[str, str]:
+    """Exercise every accessor above against the running Pyro: ``{accessor: "ok" or the
+    error}`` (the compatibility matrix runs this in each cell)."""
+    import pyro.distributions as dist
+    from pyro.nn import PyroModule, PyroParam
+    from pyro.poutine import trace
+
+    results: dict[str, str] = {}
+
+    def check(name: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+            results[name] = "ok"
+        except Exception as err:  # a report, not a crash
+            results[name] = f"{type(err).__name__}: {err}"
+
+    def messages():
+        def model():
+            with pyro.plate("p", 3, subsample_size=2):
+                pyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+
+        enumerated = pyro.poutine.enum(model, first_available_dim=-2)
+        nodes = trace(enumerated).get_trace().nodes
+        assert is_subsample(nodes["p"]["fn"]) and not is_subsample(nodes["z"]["fn"])
+        assert enumerate_dim(nodes["z"]["infer"]) == -2
+        assert -2 in dim_ids(nodes["z"]["infer"])
+        assert not hidden_from_traces(nodes["z"]["infer"])
+
+    def store():
+        pyro.clear_param_store()
+        pyro.param("a", torch.ones(2))
+        assert set(store_tensors()) == {"a"}
+        with store_serving(["a"], [torch.zeros(2)]):
+            assert float(pyro.param("a").detach().sum()) == 0.0
+        assert float(pyro.param("a").detach().sum()) == 2.0
+
+    def modules():
+        pyro.clear_param_store()
+        net = torch.nn.Linear(2, 1)
+        with modules_read_from_store():
+            pyro.module("net", net)
+        assert "net$$$weight" in store_tensors()
+
+        class Scaled(PyroModule):
+            def __init__(self):
+                super().__init__()
+                self.scale = PyroParam(torch.ones(1), dist.constraints.positive)
+
+            def forward(self):
+                return self.scale
+
+        scaled = Scaled()
+        scaled()
+        (slot,) = [s for s in pyro_module_slots(scaled)]
+        assert slot[1] == "scale" and slot[2] == "scale_unconstrained"
+        set_module_parameter(slot[0], slot[2], get_module_parameter(slot[0], slot[2]))
+
+    def optimizers():
+        pyro.clear_param_store()
+        optim = pyro.optim.Adam({"lr": 0.1}, {"clip_norm": 1.0})
+        p = pyro.param("b", torch.ones(2)).unconstrained()
+        p.grad = torch.ones(2)
+        optim([p])
+        assert optim_constructor(optim) is torch.optim.Adam
+        assert p in per_param_optimizers(optim)
+        assert callable(clip_args(optim, p))
+
+    for name, fn in (("messages", messages), ("param store", store),
+                     ("pyro.module / PyroModule", modules), ("PyroOptim", optimizers)):
+        check(name, fn)
+    pyro.clear_param_store()
+    return results
