@@ -101,8 +101,8 @@ GOOD_PLUGIN = """
     class Scaled_ELBO(pyro_svi_ext.Trace_ELBO):
         '''Trace_ELBO times two: a stand-in third-party estimator.'''
 
-        def _particle_elbo(self, pair):
-            return 2 * super()._particle_elbo(pair)
+        def particle_elbo(self, pair):
+            return 2 * super().particle_elbo(pair)
 
     @pyro_svi_ext.hookimpl
     def pyro_svi_ext_register_estimators(registry):

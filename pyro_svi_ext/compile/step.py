@@ -1,34 +1,29 @@
-"""Trace an ELBO's step once, run the compiled graph on later steps.
+"""A compiled SVI step: an estimator's step traced once into a flat graph, run on later
+steps.
 
-Two graphs can be traced from the same estimator:
+The first call runs the estimator eagerly (validation, param creation, optimizer state)
+and keeps what it learnt: the params touched and the estimator's
+:class:`~pyro_svi_ext.protocol.CompileFacts`. Later calls trace, with fake
+tensors, one of two graphs (laid out by :class:`~pyro_svi_ext.compile.layout.StepLayout`):
 
-- *loss and gradients*: inputs ``(*params, *side_state, *arg_tensors)``, outputs
-  ``(loss, *grads)``, the new side state written in place; used by
-  ``ELBO.loss_and_grads`` and by :class:`~pyro_svi_ext.SVI` with an optimizer that has
-  no compiled update.
-- *the whole SVI step*: inputs ``(*params, *optimizer_state, *side_state,
-  *arg_tensors)``, output ``(loss,)``; the new params, optimizer state and side state
-  are copied into the param store's tensors and the optimizer's own state tensors in
-  place.
+- the whole SVI step (with a supported optimizer, see :mod:`.optim_plan`): loss,
+  gradients and the optimizer's update; new params, optimizer state and side state are
+  written into their tensors in place, and the graph returns ``(loss,)``;
+- loss and gradients (any other optimizer): returns ``(loss, *grads)``, side state
+  written in place; the update then runs eagerly.
 
-Side state is what an estimator rewrites in the param store outside any optimizer
-(``ELBO._side_state``: TraceGraph's decaying-average baselines). All updates are
-masked by ``isfinite(loss)``: a step with a non-finite loss changes nothing.
-
-Both are traced with fake tensors, so a model whose Python control flow depends on
-tensor *values* cannot be traced: that is detected at trace time and the step falls
-back to the eager estimator (or raises, by option). A cheap guard on every call
-compares param and argument shapes, dtypes and devices (and the non-tensor arguments)
-with those the graph was traced for.
+All updates are masked by ``isfinite(loss)``: a step with a non-finite loss changes
+nothing. A model whose Python control flow depends on tensor values cannot be traced:
+that is detected and the step falls back to the eager estimator (or raises, by option).
+The guard (:mod:`.guard`) compares each call with the traced one; a new graph is
+verified (:mod:`.verify`) before it is used.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import operator
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,12 +32,9 @@ import pyro.optim
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_svi_ext.compile.backends import (
-    AUTO_BACKENDS,
-    Backend,
-    LegacyBackendWarning,
-    get_backend,
-)
+from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
+from pyro_svi_ext.compile.guard import GraphCache, describe_change, step_key
+from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
 from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
 from pyro_svi_ext.compile.tracing import (
     Untraceable,
@@ -50,7 +42,9 @@ from pyro_svi_ext.compile.tracing import (
     params_bound_to,
     pyro_modules_bound_to,
 )
+from pyro_svi_ext.compile.verify import all_close, compile_checked
 from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.protocol import CompileFacts, StepResult
 from pyro_svi_ext.pyro_compat import store_tensors
 from pyro_svi_ext.trace.static_plates import full_plates_are_constant
 
@@ -62,123 +56,106 @@ class StructureChangedError(RuntimeError):
     is disabled), or the model cannot be compiled at all."""
 
 
-#: ``t -> (t.shape, t.dtype, t.device)``, what the guard compares per tensor
-_signature = operator.attrgetter("shape", "dtype", "device")
-
-
-def _writing_in_place(gm: torch.fx.GraphModule, kept: int, n_grads: int,
-                      targets: list[int]) -> torch.fx.GraphModule:
-    """``gm`` (outputs ``(loss, *grads, *new_values)``) rewritten to copy each new value
-    into its input ``targets[i]`` in place and to output its first ``kept`` outputs only
-    (``(loss,)`` for a whole step, whose gradients are fused into the update by the
-    backend)."""
-    graph = torch.fx.Graph()
-    outputs = graph.graph_copy(gm.graph, {})
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    new_values = outputs[1 + n_grads:]
-    for at, value in zip(targets, new_values, strict=True):
-        graph.call_function(torch.ops.aten.copy_.default, (placeholders[at], value))
-    graph.output(tuple(outputs[:kept]))
-    graph.eliminate_dead_code()
-    return torch.fx.GraphModule(gm, graph)
-
-
 @dataclass
 class _Graph:
-    """A compiled graph, where its tensor arguments sit in ``args``, and which params
-    got a gradient when it was traced."""
+    """A compiled graph, its layout, and which params got a gradient when traced."""
 
     run: Callable
-    arg_slots: list[int]
+    layout: StepLayout
     had_grad: list[bool]
-    reference: torch.fx.GraphModule  # the traced graph, functional, all outputs
-    kept: int  # outputs ``run`` returns (it writes the new values into its inputs)
 
 
-class CompiledLossAndGrads:
-    """``(model, guide, args, kwargs) -> (loss, params)`` like ``ELBO._loss_and_grads``,
-    compiled after a first eager call; :meth:`svi_step` runs a whole SVI step.
+class CompiledStep:
+    """The compiled step of one ``(model, guide)`` for an estimator (the protocol of
+    :mod:`pyro_svi_ext.protocol`); what :class:`~pyro_svi_ext.SVI` calls.
 
-    :param elbo: the estimator (its ``_objective``, ``_pairs``, ``_check_finite``).
-    :param eager: the eager ``_loss_and_grads`` (first call and fallback).
-    :param backend: backend name (``"eager"``, ``"jit"``, ``"inductor"`` or a plugin's).
+    :param elbo: the estimator.
+    :param backend: backend name (``"auto"``, ``"eager"``, ``"jit"``, ``"inductor"`` or a
+        plugin's).
     :param on_change: ``"recompile"`` (keep up to ``cache_size`` graphs) or ``"raise"``
         (:class:`StructureChangedError` naming what changed).
     :param on_dynamic: ``"eager"`` (warn once, run the eager estimator) or ``"raise"``
         when the model cannot be traced (e.g. it branches on tensor values).
     :param jit_options: keyword arguments of ``torch.jit.trace`` for the ``"jit"`` backend.
-    :param ignore_warnings: silence the warnings raised while the step is traced.
+    :param ignore_warnings: silence the warnings raised while the step is traced, and log
+        fallbacks instead of warning.
     """
 
-    def __init__(self, elbo, eager: Callable, backend: str = "auto",
+    def __init__(self, elbo, model: Callable, guide: Callable, backend: str = "auto",
                  on_change: str = "recompile", on_dynamic: str = "eager", cache_size: int = 8,
                  jit_options: dict | None = None, ignore_warnings: bool = False):
-        if on_change not in ("recompile", "raise") or on_dynamic not in ("eager", "raise"):
-            raise ValueError("on_change must be 'recompile' or 'raise'; on_dynamic 'eager' or "
-                             f"'raise'; got {on_change!r}, {on_dynamic!r}")
-        self.elbo = elbo
-        self.eager = eager
+        self.check_options(backend, on_change, on_dynamic)
+        self.elbo, self.model, self.guide = elbo, model, guide
         #: backends to try, in order ("auto": inductor, then TorchScript, then replay)
         self.backends: list[Backend] = ([get_backend(b) for b in AUTO_BACKENDS]
                                         if backend == "auto" else [get_backend(backend)])
         self.on_change = on_change
         self.on_dynamic = on_dynamic
-        self.cache_size = cache_size
         self.jit_options = jit_options
         self.ignore_warnings = ignore_warnings
-        self.graphs: OrderedDict = OrderedDict()
-        self._last: tuple | None = None  # (key, graph) of the last call: checked first
+        self.graphs = GraphCache(cache_size)
         self.param_names: list[str] | None = None
         #: other param-store names of a param tensor (``pyro.module`` of one network
         #: under two names): name -> its position in ``param_names``
         self.aliases: dict[str, int] = {}
-        #: param-store entries the step rewrites outside the optimizer (see
-        #: ``ELBO._side_state``), recorded with ``param_names`` by the first eager call
-        self.side_names: list[str] = []
+        #: what the first eager step learnt (structure to replay, side state)
+        self.facts = None
         self.dynamic_reason: str | None = None
         #: why the optimizer update runs eagerly (None while it is compiled)
         self.optim_reason: str | None = None
         self.compiles = 0
-        self.structure = None  # what the estimator replays while tracing
         self._plan: OptimPlan | None = None
         self._refused: tuple | None = None  # (optim, reason) for a permanent refusal
 
-    # --- tracing ----------------------------------------------------------------------
-    def _traced(self, model, guide, kwargs, arg_slots, args, plan, had_grad: list):
-        names = self.param_names
-        elbo = self.elbo
-        n = len(names)
-        n_state = len(plan.inputs) if plan is not None else 0
-        n_written = len(plan.written) if plan is not None else 0
-        side_names = self.side_names
-        n_side = len(side_names)
-        structure = self.structure
+    @staticmethod
+    def check_options(backend: str, on_change: str = "recompile", on_dynamic: str = "eager",
+                      **_) -> None:
+        """``ValueError`` for an unknown option value, ``KeyError`` for an unknown
+        backend."""
+        if on_change not in ("recompile", "raise") or on_dynamic not in ("eager", "raise"):
+            raise ValueError("on_change must be 'recompile' or 'raise'; on_dynamic 'eager' or "
+                             f"'raise'; got {on_change!r}, {on_dynamic!r}")
+        if backend != "auto":
+            get_backend(backend)
 
-        aliases = self.aliases
+    @property
+    def backend(self) -> Backend:
+        """The backend new graphs are compiled with."""
+        return self.backends[0]
+
+    @property
+    def side_names(self) -> list[str]:
+        return list(self.facts.side_state) if self.facts is not None else []
+
+    # --- tracing ------------------------------------------------------------------------
+    def _step_function(self, layout: StepLayout, args: tuple, kwargs: dict, plan,
+                       had_grad: list) -> Callable:
+        """The function of flat tensors that ``make_fx`` traces."""
+        elbo, model, guide, facts = self.elbo, self.model, self.guide, self.facts
+        names, aliases, side_names = self.param_names, self.aliases, self.side_names
         bound_names = names + list(aliases)
 
         def step(*flat):
-            params, state = list(flat[:n]), list(flat[n:n + n_state])
+            params, state, side_old, arg_values = layout.split_inputs(flat)
             bound = params + [params[at] for at in aliases.values()]
-            side_old = list(flat[n + n_state:n + n_state + n_side])
             side = dict(zip(side_names, side_old, strict=True))
-            call_args = list(args)
-            for slot, value in zip(arg_slots, flat[n + n_state + n_side:], strict=True):
-                call_args[slot] = value
             with params_bound_to(bound_names, bound), modules_follow_the_store(), \
                     pyro_modules_bound_to((model, guide), bound_names, bound), \
-                    elbo._replaying(structure), elbo._side_state_in(side):
-                loss, surrogate = elbo._objective(model, guide, tuple(call_args), kwargs)
-                raw = torch.autograd.grad(-surrogate, params, allow_unused=True)
+                    elbo.tracing(facts, side):
+                estimate = elbo.objective(model, guide, layout.call_args(args, arg_values),
+                                          kwargs)
+                raw = torch.autograd.grad(-estimate.surrogate, params, allow_unused=True)
+            loss = -estimate.elbo
             had_grad[:] = [g is not None for g in raw]
             grads = [torch.zeros_like(p) if g is None else g
                      for p, g in zip(params, raw, strict=True)]
             with torch.no_grad():
                 old = side_old
-                new = [side[k].detach() for k in side_names]
+                new = [estimate.side_updates.get(k, v).detach()
+                       for k, v in zip(side_names, side_old, strict=True)]
                 if plan is not None:
-                    old = [p.detach() for p in params] + state[:n_written] + side_old
-                    new_params, new_state = plan.update(old[:n], list(raw), state)
+                    old = [p.detach() for p in params] + state[:layout.n_written] + side_old
+                    new_params, new_state = plan.update(old[:len(params)], list(raw), state)
                     new = new_params + new_state + new
                 # a step with a non-finite loss changes no state
                 finite = torch.isfinite(loss)
@@ -187,24 +164,14 @@ class CompiledLossAndGrads:
 
         return step
 
-    def _key(self, params, side, args, kwargs, plan):
-        return (tuple(map(_signature, params)), tuple(map(_signature, side)),
-                tuple(_signature(a) if isinstance(a, torch.Tensor) else ("value", repr(a))
-                      for a in args),
-                repr(sorted(kwargs.items())) if kwargs else "",
-                None if plan is None else plan.key)
-
-    def _trace(self, model, guide, params, side, args, kwargs, plan):
-        """``(traced graph, production graph, tensor-argument slots, had_grad, outputs
-        the production graph returns)``; :class:`Untraceable` when the model cannot be
-        traced statically. The production graph writes the new values (params and
-        optimizer state for a whole step, side state) into its inputs."""
-        slots = [i for i, a in enumerate(args) if torch.is_tensor(a)]
-        state = plan.inputs if plan is not None else []
-        inputs = ([p.detach().requires_grad_() for p in params] + list(state)
-                  + [t.detach() for t in side] + [args[i] for i in slots])
+    def _trace(self, layout: StepLayout, inputs: list, args: tuple, kwargs: dict, plan):
+        """``(traced graph, had_grad)``; :class:`Untraceable` when the model cannot be
+        traced statically."""
         had_grad: list[bool] = []
-        fn = self._traced(model, guide, kwargs, slots, args, plan, had_grad)
+        fn = self._step_function(layout, args, kwargs, plan, had_grad)
+        traced_inputs = [t.detach().requires_grad_() if i < layout.n_params else
+                         (t.detach() if torch.is_tensor(t) else t)
+                         for i, t in enumerate(inputs)]
         try:
             with torch.random.fork_rng(), full_plates_are_constant(), \
                     warnings.catch_warnings():
@@ -214,85 +181,49 @@ class CompiledLossAndGrads:
                 warnings.simplefilter("ignore", FutureWarning)
                 if self.ignore_warnings:
                     warnings.simplefilter("ignore")
-                gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+                gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(
+                    *traced_inputs)
         except Untraceable:
             raise
         except Exception as err:  # the model cannot be traced statically
             raise Untraceable(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
         self.compiles += 1
-        n, n_side = len(params), len(self.side_names)
-        if plan is not None:  # params, optimizer state, side state; returns (loss,)
-            targets = list(range(n + len(plan.written)))
-            targets += list(range(n + len(plan.inputs), n + len(plan.inputs) + n_side))
-            return gm, _writing_in_place(gm, 1, n, targets), slots, had_grad, 1
-        if n_side:  # side state only; returns (loss, *grads)
-            production = _writing_in_place(gm, 1 + n, n, list(range(n, n + n_side)))
-            return gm, production, slots, had_grad, 1 + n
-        return gm, gm, slots, had_grad, 1 + n
+        return gm, had_grad
 
-    def _backend_graph(self, gm, production, slots, had_grad, kept, inputs, targets,
-                       reference, devices) -> _Graph:
-        """Compile ``production`` with the first backend that compiles it and matches
-        the traced graph's ``reference`` outputs on the same draws; a failing backend is
-        dropped (with a warning when another one takes over)."""
-        failures = []
-        for backend in list(self.backends):
-            copies = {id(t): t.clone() for t in targets}
-            try:
-                options = ({"jit_options": self.jit_options}
-                           if backend.name == "jit" and self.jit_options else {})
-                # a compiler's internal warnings (deprecations inside torch) are not the
-                # user's: under -W error they would make every backend fail
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    warnings.simplefilter("default", LegacyBackendWarning)  # ours, once
-                    run = backend.compile(production, inputs, **options)
-                    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                        compiled = run(*[copies.get(id(t), t) for t in inputs])
-                got = [*compiled[:kept], *[copies[id(t)] for t in targets]]
-                want = [*reference[:kept], *reference[len(reference) - len(targets):]]
-                if not _all_close(want, got):
-                    raise ArithmeticError("its results differ from the traced graph's")
-            except Exception as err:
-                failures.append(f"{backend.name}: {type(err).__name__}: "
-                                f"{str(err).splitlines()[0] if str(err) else ''}")
-                if len(self.backends) > 1:
-                    self.backends.remove(backend)
-                    self._notify(f"{type(self.elbo).__name__}: compile backend "
-                                 f"{failures[-1]}; using {self.backends[0].name!r}", 7)
-                    continue
-                raise Untraceable(f"backend {failures[-1]}") from err
-            return _Graph(run, slots, had_grad, gm, kept)
-        raise Untraceable("no compile backend: " + "; ".join(failures))  # pragma: no cover
+    def _eager_reference(self, params: list, side: list, args: tuple, kwargs: dict):
+        """The eager step's loss, gradients and side-state updates on the current draws
+        (side state read from a scratch copy: nothing is written)."""
+        scratch = {k: t.detach().clone() for k, t in zip(self.side_names, side, strict=True)}
+        facts = CompileFacts(None, self.facts.side_state)  # tracked, not replayed
+        with torch.enable_grad(), self.elbo.tracing(facts, scratch):
+            estimate = self.elbo.objective(self.model, self.guide, args, kwargs)
+            grads = torch.autograd.grad(-estimate.surrogate, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g
+                 for p, g in zip(params, grads, strict=True)]
+        side_new = [estimate.side_updates.get(k, scratch[k]) for k in self.side_names]
+        return [torch.as_tensor(-estimate.elbo).detach(), *grads, *side_new]
 
-    def _compile_and_verify(self, model, guide, params, side, args, kwargs, plan):
+    def _compile_and_verify(self, layout: StepLayout, inputs: list, args: tuple,
+                            kwargs: dict, plan) -> tuple[_Graph, tuple]:
         """Trace, compile and check a new graph: the traced graph run op by op must give
-        the eager step's loss and gradients on the same random draws (else state the
-        trace could not see, e.g. module weights outside the param store, makes the
-        model untraceable), and the compiled graph the traced graph's results. Returns
-        ``(graph, traced outputs (loss, *grads, *new_values))``."""
-        gm, production, slots, had_grad, kept = self._trace(model, guide, params, side,
-                                                            args, kwargs, plan)
-        state = plan.inputs if plan is not None else []
-        inputs = [*params, *state, *side, *[args[i] for i in slots]]
-        targets = (params + plan.written if plan is not None else []) + side
+        the eager step's loss, gradients and side state on the same random draws (else
+        state the trace could not see, e.g. module weights outside the param store, makes
+        the model untraceable), and the compiled graph the traced graph's results.
+        Returns ``(graph, traced outputs)``; the traced step's new values are written."""
+        gm, had_grad = self._trace(layout, inputs, args, kwargs, plan)
+        params = inputs[:layout.n_params]
+        side = inputs[layout.n_params + layout.n_state:][:layout.n_side]
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
         start = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             reference = gm(*inputs)
-        graph = self._backend_graph(gm, production, slots, had_grad, kept, inputs, targets,
-                                    reference, devices)
-        # the eager step on the same draws, its side state updated in a scratch copy
-        scratch = {k: t.detach().clone() for k, t in zip(self.side_names, side, strict=True)}
-        with torch.enable_grad(), self.elbo._side_state_in(scratch):
-            loss, surrogate = self.elbo._objective(model, guide, args, kwargs)
-            eager = torch.autograd.grad(-surrogate, params, allow_unused=True)
-        eager = [torch.zeros_like(p) if g is None else g
-                 for p, g in zip(params, eager, strict=True)]
-        eager_side = [scratch[k] for k in self.side_names]
-        traced_side = reference[len(reference) - len(side):] if side else []
-        if not _all_close([loss.detach(), *eager, *eager_side],
-                          [*reference[:1 + len(params)], *traced_side]):
+        run = compile_checked(self.backends, writing_in_place(gm, layout), inputs, layout,
+                              reference, devices, self.jit_options,
+                              lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 8))
+        eager = self._eager_reference(params, side, args, kwargs)
+        loss, grads, new_values = layout.split_outputs(reference)
+        traced_side = new_values[len(new_values) - layout.n_side:] if layout.n_side else []
+        if not all_close(eager, [loss, *grads, *traced_side]):
             # leave the random state as it was: the eager fallback redraws
             torch.set_rng_state(start[0])
             for d, rng in zip(devices, start[1], strict=True):
@@ -300,77 +231,46 @@ class CompiledLossAndGrads:
             raise Untraceable("the compiled graph disagrees with the eager step (the model "
                               "uses state outside pyro.param, e.g. weights of a module "
                               "registered with pyro.module)")
+        targets = [inputs[i] for i in layout.written_inputs]
         if targets:  # commit the reference step's new values
             with torch.no_grad():
-                torch._foreach_copy_(targets, list(reference[1 + len(params):]))
-        return graph, reference
+                torch._foreach_copy_(targets, new_values)
+        return _Graph(run, layout, had_grad), reference
 
-    def _run(self, model, guide, params, side, args, kwargs, plan):
-        """The graph and its outputs for this call (compiling and verifying a new
-        graph), or ``(None, None)`` after falling back to eager for good
-        (``self.dynamic_reason`` set)."""
-        key = self._key(params, side, args, kwargs, plan)
-        last = self._last
-        if last is not None and last[0] == key:  # the usual case: as on the last call
-            graph = last[1]
-        else:
-            if last is not None and last[0] in self.graphs:  # it was the most recent
-                self.graphs.move_to_end(last[0])
-            graph = self.graphs.get(key)
-            if graph is not None:
-                self.graphs.move_to_end(key)
-                self._last = (key, graph)
+    def _run(self, params: list, side: list, args: tuple, kwargs: dict, plan):
+        """The graph and its outputs for this call (compiling and verifying a new graph),
+        or ``(None, None)`` after falling back to eager for good (``dynamic_reason``)."""
+        key = step_key(params, side, args, kwargs, plan)
+        graph = self.graphs.get(key)
+        state = plan.inputs if plan is not None else []
         if graph is not None:
-            state = plan.inputs if plan is not None else []
             grad_was = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # the graph computes its gradients itself
             try:
-                return graph, graph.run(*params, *state, *side,
-                                        *[args[i] for i in graph.arg_slots])
+                return graph, graph.run(*graph.layout.inputs(params, state, side, args))
             finally:
                 torch._C._set_grad_enabled(grad_was)
         if self.graphs and self.on_change == "raise":
-            raise StructureChangedError(self._describe_change(key))
+            raise StructureChangedError(describe_change(
+                self.graphs.newest_key(), key, self.param_names, self.side_names))
+        layout = StepLayout.of(len(params), plan, len(side), args)
         try:
-            graph, outputs = self._compile_and_verify(model, guide, params, side, args,
-                                                      kwargs, plan)
+            graph, outputs = self._compile_and_verify(
+                layout, layout.inputs(params, state, side, args), args, kwargs, plan)
         except Untraceable as why:
             self._give_up(str(why))
             return None, None
-        self.graphs[key] = graph
-        self._last = (key, graph)
-        while len(self.graphs) > self.cache_size:
-            self.graphs.popitem(last=False)
+        self.graphs.put(key, graph)
         return graph, outputs
 
-    @property
-    def backend(self) -> Backend:
-        """The backend new graphs are compiled with."""
-        return self.backends[0]
-
-    def _store_params(self) -> list[torch.Tensor]:
-        return self._from_store(self.param_names)
-
-    def _store_side(self) -> list[torch.Tensor]:
-        """The side state's tensors (e.g. decaying-average baselines), in the store."""
-        return self._from_store(self.side_names) if self.side_names else []
-
-    @staticmethod
-    def _from_store(names: list[str]) -> list[torch.Tensor]:
+    # --- the param store ----------------------------------------------------------------
+    def _from_store(self, names: list[str]) -> list[torch.Tensor]:
         params = store_tensors()
         try:
             return [params[n] for n in names]
         except KeyError as missing:
             raise StructureChangedError(f"param {missing} left the param store since the "
                                         "step was compiled") from None
-
-    def _checked_loss(self, loss: torch.Tensor, model, guide, args, kwargs) -> float:
-        value = float(loss)
-        if not math.isfinite(value) and pyro.poutine.util.is_validation_enabled():
-            # name the sites: one eager evaluation, nothing modified
-            self.elbo._check_finite(value, self.elbo._pairs(model, guide, args, kwargs))
-            raise NonFiniteLossError(value, [])
-        return value
 
     def _record_params(self, params: dict) -> None:
         """The graph's param inputs: one per distinct tensor (the first of its names in
@@ -383,29 +283,40 @@ class CompiledLossAndGrads:
         self.aliases = {name: position[first[id(params[name])]] for name in sorted(params)
                         if first[id(params[name])] != name}
 
-    # --- calling ----------------------------------------------------------------------
-    def __call__(self, model, guide, args: tuple, kwargs: dict):
+    def _checked_loss(self, loss: torch.Tensor, args: tuple, kwargs: dict) -> float:
+        value = float(loss)
+        if not math.isfinite(value) and pyro.poutine.util.is_validation_enabled():
+            # name the sites: one eager evaluation, nothing modified
+            pairs = self.elbo.particles(self.model, self.guide, args, kwargs)
+            self.elbo.check_finite(value, pairs)
+            raise NonFiniteLossError(value, [])
+        return value
+
+    # --- what SVI calls -----------------------------------------------------------------
+    def loss_and_params(self, args: tuple, kwargs: dict):
+        """Loss and gradients (a :class:`~pyro_svi_ext.protocol.StepResult`):
+        eager on the first call (recording params and facts) and after a fallback,
+        compiled otherwise."""
         if self.param_names is None or self.dynamic_reason is not None:
-            loss, params = self.eager(model, guide, args, kwargs)
+            result = self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
             if self.param_names is None:
-                self._record_params(params)
-                self.structure = self.elbo._static_structure()
-                self.side_names = self.elbo._side_state()
-            return loss, params
-        params = self._store_params()
-        graph, outputs = self._run(model, guide, params, self._store_side(), args, kwargs,
+                self._record_params(result.params)
+                self.facts = result.facts
+            return result
+        params = self._from_store(self.param_names)
+        graph, outputs = self._run(params, self._from_store(self.side_names), args, kwargs,
                                    None)
         if graph is None:
-            return self.eager(model, guide, args, kwargs)
-        value = self._checked_loss(outputs[0], model, guide, args, kwargs)
-        grads = outputs[1:1 + len(params)]
+            return self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
+        value = self._checked_loss(outputs[0], args, kwargs)
+        _, grads, _ = graph.layout.split_outputs(outputs)
         for p, g, used in zip(params, grads, graph.had_grad, strict=True):
             if used:
                 p.grad = g if p.grad is None else p.grad + g
-        return value, dict(zip(self.param_names, params, strict=True))
+        return StepResult(value, dict(zip(self.param_names, params, strict=True)), self.facts)
 
-    def svi_step(self, model, guide, optim: pyro.optim.PyroOptim, args: tuple,
-                 kwargs: dict, lazy: bool = False) -> float | torch.Tensor | None:
+    def whole_step(self, optim: pyro.optim.PyroOptim, args: tuple, kwargs: dict,
+                   lazy: bool = False) -> float | torch.Tensor | None:
         """One whole SVI step (loss, gradients and ``optim``'s update in one graph);
         returns the loss, or None when this step must run the eager way (first call,
         an untraceable model, or an optimizer without a compiled update: see
@@ -417,20 +328,20 @@ class CompiledLossAndGrads:
         and learning rate advance."""
         if self.param_names is None or self.dynamic_reason is not None:
             return None
-        params = self._store_params()
+        params = self._from_store(self.param_names)
         plan = self._plan
         if plan is None or not plan.current(optim, params):
             plan = self._plan = self._new_plan(optim, params)
             if plan is None:
                 return None
-        graph, outputs = self._run(model, guide, params, self._store_side(), args, kwargs,
+        graph, outputs = self._run(params, self._from_store(self.side_names), args, kwargs,
                                    plan)
         if graph is None:
             return None
         if lazy:
             plan.after_step(graph.had_grad)
             return outputs[0]
-        value = self._checked_loss(outputs[0], model, guide, args, kwargs)
+        value = self._checked_loss(outputs[0], args, kwargs)
         if math.isfinite(value):
             plan.after_step(graph.had_grad)
         return value
@@ -451,7 +362,7 @@ class CompiledLossAndGrads:
             raise StructureChangedError(f"the model cannot be compiled: {reason}")
         self.dynamic_reason = reason
         self._notify(f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
-                     f"compiled ({reason})", 6)
+                     f"compiled ({reason})", 7)
 
     def _notify(self, message: str, stacklevel: int) -> None:
         """A ``RuntimeWarning``, or a log record when the estimator was built with
@@ -460,41 +371,3 @@ class CompiledLossAndGrads:
             logger.info(message)
         else:
             warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
-
-    def _describe_change(self, key) -> str:
-        old_params, old_side, old_args, old_kwargs, _ = next(reversed(self.graphs))
-        new_params, new_side, new_args, new_kwargs, _ = key
-        for what, names, old, new in (("param", self.param_names, old_params, new_params),
-                                      ("param", self.side_names, old_side, new_side),
-                                      ("argument", None, old_args, new_args)):
-            for i, (a, b) in enumerate(zip(old, new, strict=False)):
-                if a != b:
-                    name = names[i] if names is not None else f"#{i}"
-                    return (f"{what} {name} changed from {_show(a)} to {_show(b)} since the "
-                            "step was compiled")
-            if len(old) != len(new):
-                return f"number of {what}s changed from {len(old)} to {len(new)}"
-        if old_kwargs != new_kwargs:
-            return f"keyword arguments changed from {old_kwargs} to {new_kwargs}"
-        return "the optimizer's hyper-parameters or state layout changed"
-
-
-def _all_close(want: list, got: list) -> bool:
-    """Equal up to float rounding: ``|got - want| <= 1e-4 |want| + 1e-5 + 1e-4 max|want|``
-    per tensor (sums over 1e5 terms round differently in a fused kernel; a structural
-    mistake is off by far more)."""
-    if len(want) != len(got):
-        return False
-    for w, g in zip(want, got, strict=True):
-        w, g = w.detach(), g.detach().to(w.dtype)
-        scale = float(w.abs().max()) if w.numel() and bool(w.isfinite().all()) else 0.0
-        if not torch.allclose(g, w, rtol=1e-4, atol=1e-5 + 1e-4 * scale, equal_nan=True):
-            return False
-    return True
-
-
-def _show(signature: tuple) -> str:
-    if signature[0] == "value":
-        return signature[1]
-    shape, dtype, device = signature
-    return f"({tuple(shape)}, {dtype}, {device})"

@@ -1,8 +1,9 @@
-"""The ELBO base class: arguments, particles, and the loss / gradient drivers.
+"""The ELBO base class: arguments, particles, and the loss / gradient drivers, derived
+once from the estimator protocol (:mod:`~pyro_svi_ext.protocol`).
 
-A subclass supplies two per-particle functions over a :class:`~pyro_svi_ext.trace.TracePair`:
-``_particle_elbo`` (float64 scalar, no graph) and ``_particle_surrogate`` (scalar whose
-gradient is the gradient estimator).
+A subclass supplies per-particle functions over a :class:`~pyro_svi_ext.trace.TracePair`
+(``particle_surrogate``, a scalar whose gradient is the gradient estimator, and maybe
+``particle_elbo``, a float64 scalar), or a whole :meth:`ELBO.estimate`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import pyro
 import torch
 from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.errors import NonFiniteLossError
 from pyro_svi_ext.estimators.pyro_hooks import PyroHooks
 from pyro_svi_ext.kernels import float64_total
+from pyro_svi_ext.protocol import CompileFacts, Estimate, Estimator, StepResult
 from pyro_svi_ext.trace import (
     SiteRecorder,
     TracePair,
@@ -55,7 +58,7 @@ class ELBOModule(torch.nn.Module):
         return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
 
 
-class ELBO(PyroHooks):
+class ELBO(PyroHooks, Estimator):
     """Base of the evidence-lower-bound estimators (same arguments as ``pyro.infer.ELBO``
     in Pyro 1.8.6-1.9.2, in the same order).
 
@@ -91,7 +94,7 @@ class ELBO(PyroHooks):
     model raise.
     """
 
-    #: the name used in messages (subclasses set their registry name)
+    #: the name used in messages: the class name unless a class sets its own
     estimator_name = "ELBO"
     #: whether the trace layer tracks which log-probs depend on non-reparameterized sites
     track_nonreparam = False
@@ -138,21 +141,37 @@ class ELBO(PyroHooks):
             self.max_plate_nesting += 1
         self._refuse_unhonoured_hooks()
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "estimator_name" not in vars(cls):
+            cls.estimator_name = cls.__name__
+
     def __call__(self, model: Callable, guide: Callable) -> ELBOModule:
         """A ``torch.nn.Module`` computing this loss for ``(model, guide)``."""
         return ELBOModule(model, guide, self)
 
-    # --- per-particle terms, supplied by subclasses ---------------------------------
-    def _particle_elbo(self, pair: TracePair) -> torch.Tensor:
+    # --- the protocol: particles and their estimate -----------------------------------
+    def particle_elbo(self, pair: TracePair) -> torch.Tensor:
         """``sum log p - sum log q`` over the particle's sites (float64 scalar)."""
         model = float64_total([s.log_prob_sum for s in pair.model.values()])
         guide = float64_total([s.log_prob_sum for s in pair.guide.values()])
         return model - guide
 
-    def _particle_surrogate(self, pair: TracePair) -> torch.Tensor:
-        raise NotImplementedError
+    def particle_surrogate(self, pair: TracePair) -> torch.Tensor:
+        """A scalar whose gradient is this estimator's gradient estimate of the particle's
+        ELBO (subclasses implement it, or :meth:`estimate`)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither "
+                                  "particle_surrogate nor estimate")
 
-    # --- particles ------------------------------------------------------------------
+    def estimate(self, pairs: list[TracePair], surrogate: bool = True) -> Estimate:
+        """The mean of :meth:`particle_elbo` (and of :meth:`particle_surrogate`)."""
+        elbo = sum(map(self.particle_elbo, pairs[1:]), self.particle_elbo(pairs[0]))
+        if not surrogate:
+            return Estimate(elbo / self.num_particles)
+        total = sum(map(self.particle_surrogate, pairs[1:]),
+                    self.particle_surrogate(pairs[0]))
+        return Estimate(elbo / self.num_particles, total / self.num_particles)
+
     def _ensure_plate_nesting(self, model: Callable, guide: Callable, args: tuple,
                               kwargs: dict) -> None:
         """Guess ``max_plate_nesting`` if it is ``inf`` (one extra run of guide and model,
@@ -160,7 +179,8 @@ class ELBO(PyroHooks):
         if self.max_plate_nesting == INF:
             self._guess_max_plate_nesting(model, guide, args, kwargs)
 
-    def _pairs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    def particles(self, model: Callable, guide: Callable, args: tuple,
+                  kwargs: dict) -> list[TracePair]:
         """One :class:`TracePair` per particle (a single one when vectorized)."""
         if self.vectorize_particles:
             self._ensure_plate_nesting(model, guide, args, kwargs)
@@ -176,35 +196,30 @@ class ELBO(PyroHooks):
             for _ in range(self.num_particles)
         ]
 
-    def _mean_elbo(self, pairs: list[TracePair]) -> torch.Tensor:
-        total = self._particle_elbo(pairs[0])
-        for pair in pairs[1:]:
-            total = total + self._particle_elbo(pair)
-        return total / self.num_particles
-
-    def _mean_surrogate(self, pairs: list[TracePair]) -> torch.Tensor:
-        total = self._particle_surrogate(pairs[0])
-        for pair in pairs[1:]:
-            total = total + self._particle_surrogate(pair)
-        return total / self.num_particles
-
-    def _check_finite(self, loss: float, pairs: list[TracePair]) -> None:
+    def check_finite(self, loss: float, pairs: list[TracePair]) -> None:
+        """Under validation, :class:`~pyro_svi_ext.errors.NonFiniteLossError` naming the
+        sites whose log-probs are not finite; otherwise a warning."""
         if math.isfinite(loss):
             return
         if is_validation_enabled():
             bad = [s for p in pairs for s in nonfinite_sites(p.model, p.guide)]
             raise NonFiniteLossError(loss, sorted(set(bad)))
         warnings.warn(f"{self.estimator_name}: encountered non-finite loss {loss}",
-                      stacklevel=3)
+                      stacklevel=4)
 
-    # --- public API -----------------------------------------------------------------
+    @contextmanager
+    def tracing(self, facts: CompileFacts, side_state: dict):
+        """Nothing to replay or to bind here (TraceGraph_ELBO has both)."""
+        yield
+
+    # --- the drivers, derived from the protocol ---------------------------------------
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """Estimate of the negative ELBO (float), averaged over ``num_particles``."""
         if self._pyro_hooks:
             return self._hooked_loss(model, guide, args, kwargs)
         with torch.no_grad():
-            pairs = self._pairs(model, guide, args, kwargs)
-            loss = -self._mean_elbo(pairs).item()
+            elbo = self.estimate(self.particles(model, guide, args, kwargs), False).elbo
+            loss = -float(elbo)
         if math.isnan(loss):
             warnings.warn(f"{self.estimator_name}: encountered NaN loss", stacklevel=2)
         return loss
@@ -212,65 +227,63 @@ class ELBO(PyroHooks):
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """Negative ELBO (float); runs ``backward`` on the surrogate loss so the params
         touched by model and guide get their gradient estimates in ``.grad``."""
-        return self._loss_and_grads(model, guide, args, kwargs)[0]
+        return self.stepper(model, guide).loss_and_params(args, kwargs).loss
 
-    def _loss_and_grads(self, model, guide, args, kwargs):
-        """(loss, params touched) — the driver :class:`~pyro_svi_ext.SVI` calls."""
+    def loss_and_params(self, model: Callable, guide: Callable, args: tuple,
+                        kwargs: dict) -> StepResult:
+        """One eager step: the loss (float), the params touched (name -> unconstrained
+        tensor, their gradients accumulated) and the compile facts. A non-finite loss is
+        checked (:meth:`check_finite`) before any gradient exists."""
         if self._pyro_hooks:
-            return self._hooked_loss_and_grads(model, guide, args, kwargs)
-        pairs = self._pairs(model, guide, args, kwargs)
-        loss = -self._mean_elbo(pairs).item()
-        self._check_finite(loss, pairs)
+            return StepResult(*self._hooked_loss_and_grads(model, guide, args, kwargs))
+        pairs = self.particles(model, guide, args, kwargs)
         with SiteRecorder(params_only=True) as late:  # e.g. pyro.module in an nn baseline
-            surrogate = self._mean_surrogate(pairs)
-        return loss, self._ascend(pairs, surrogate, late.params)
-
-    def _objective(self, model, guide, args, kwargs):
-        """``(loss, surrogate)`` tensors for one step: what a compiled step traces."""
-        pairs = self._pairs(model, guide, args, kwargs)
-        return -self._mean_elbo(pairs), self._mean_surrogate(pairs)
-
-    def _static_structure(self):
-        """What a compiled step must replay, recorded by the last eager step (None here;
-        TraceGraph_ELBO records its dependency structure)."""
-        return None
-
-    @contextmanager
-    def _replaying(self, structure):
-        """Context for tracing with ``structure`` from :meth:`_static_structure`."""
-        yield
-
-    def _side_state(self) -> list[str]:
-        """Param-store entries the last eager step rewrote outside any optimizer (none
-        here; TraceGraph_ELBO's decaying-average baselines): a compiled step carries
-        them as state it updates in place."""
-        return []
-
-    @contextmanager
-    def _side_state_in(self, values: dict):
-        """Context in which the entries of :meth:`_side_state` are read from and written
-        to ``values`` (name -> tensor) instead of the param store."""
-        yield
-
-    def _ascend(self, pairs: list[TracePair], objective, extra_params=None) -> dict:
-        """Backpropagate ``-objective`` (when any param reaches it); returns the params
-        touched by the particles (name -> unconstrained tensor)."""
+            estimate = self.estimate(pairs)
+        loss = -float(estimate.elbo)
+        self.check_finite(loss, pairs)
+        store = pyro.get_param_store()
+        for name, value in estimate.side_updates.items():  # e.g. decaying averages
+            store[name] = value
         params: dict = {}
         for pair in pairs:
             params.update(pair.params)
-        params.update(extra_params or {})
-        if params and getattr(objective, "requires_grad", False):
-            (-objective).backward(retain_graph=self.retain_graph)
-        return params
+        params.update(late.params)
+        if params and getattr(estimate.surrogate, "requires_grad", False):
+            (-estimate.surrogate).backward(retain_graph=self.retain_graph)
+        return StepResult(loss, params, estimate.facts)
+
+    def objective(self, model: Callable, guide: Callable, args: tuple,
+                  kwargs: dict) -> Estimate:
+        """The :class:`Estimate` of one run of model and guide (what a compiled step
+        traces)."""
+        return self.estimate(self.particles(model, guide, args, kwargs))
+
+    def stepper(self, model: Callable, guide: Callable) -> EagerStepper:
+        """What :class:`~pyro_svi_ext.SVI` calls for each step (eager here; the ``Jit*``
+        estimators return their compiled step)."""
+        return EagerStepper(self, model, guide)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         """Negative ELBO as a tensor whose gradient is the estimator's gradient."""
         if self._pyro_hooks:
             return self._hooked_differentiable_loss(model, guide, args, kwargs)
-        pairs = self._pairs(model, guide, args, kwargs)
-        surrogate = self._mean_surrogate(pairs)
-        elbo = self._mean_elbo(pairs)
+        estimate = self.objective(model, guide, args, kwargs)
+        elbo, surrogate = estimate.elbo, estimate.surrogate
         if not torch.is_tensor(surrogate):
-            return -elbo
-        elbo = elbo.to(dtype=surrogate.dtype, device=surrogate.device)
+            return -torch.as_tensor(elbo)
+        elbo = torch.as_tensor(elbo).to(dtype=surrogate.dtype, device=surrogate.device)
         return -(elbo + (surrogate - surrogate.detach()))
+
+
+class EagerStepper:
+    """An estimator's eager step for one ``(model, guide)``: loss and gradients only
+    (:class:`~pyro_svi_ext.SVI` applies the optimizer)."""
+
+    def __init__(self, elbo: ELBO, model: Callable, guide: Callable):
+        self.elbo, self.model, self.guide = elbo, model, guide
+
+    def loss_and_params(self, args: tuple, kwargs: dict) -> StepResult:
+        return self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
+
+    def whole_step(self, optim, args: tuple, kwargs: dict, lazy: bool = False) -> None:
+        return None

@@ -1,52 +1,48 @@
-"""JitTrace_ELBO, JitTraceGraph_ELBO, JitTraceEnum_ELBO: the estimators with a compiled
-``loss_and_grads`` (see :mod:`pyro_svi_ext.compile`)."""
+"""The ``Jit*`` estimators: each estimator with its SVI step compiled (see
+:mod:`pyro_svi_ext.compile`), made by one helper, :func:`compiled_variant`."""
 
 from __future__ import annotations
 
-from pyro_svi_ext.compile import CompiledLossAndGrads
-from pyro_svi_ext.estimators.base import INF
+import inspect
+
+from pyro_svi_ext.compile import CompiledStep
 from pyro_svi_ext.estimators.renyi_elbo import RenyiELBO
 from pyro_svi_ext.estimators.trace_elbo import Trace_ELBO
 from pyro_svi_ext.estimators.traceenum_elbo import TraceEnum_ELBO
 from pyro_svi_ext.estimators.tracegraph_elbo import TraceGraph_ELBO
 
 DEFAULT_BACKEND = "auto"
+#: the compile options every ``Jit*`` estimator adds, keyword-only, to its base's
+COMPILE_OPTIONS = {"backend": None, "on_change": "recompile", "on_dynamic": "eager",
+                   "cache_size": 8}
 
-
-class _Compiled:
-    """Compiles ``loss_and_grads`` after a first eager call, per (model, guide).
+_DOC = """:class:`{base}` with its SVI step compiled after a first eager step.
 
     Restrictions, as Pyro documents them for its Jit* estimators: static model
     structure; tensor inputs through ``*args``; non-tensor inputs through ``**kwargs``
-    (part of the compiled graph's key). A change of param or argument shapes, dtypes or
-    devices recompiles (up to ``cache_size`` graphs) or raises
+    (part of the compiled graph's key). With a supported optimizer (``Adam``, ``AdamW``,
+    ``SGD``, ``ClippedAdam``) the whole step is one graph (loss, gradients, update, and
+    side state such as TraceGraph's decaying-average baselines); with another, the loss
+    and gradients are, and the update runs eagerly. A change of param or argument
+    shapes, dtypes or devices recompiles (up to ``cache_size`` graphs) or raises
     :class:`~pyro_svi_ext.compile.StructureChangedError` (``on_change="raise"``). A model
-    that cannot be traced (e.g. it branches on tensor values, or the step writes the
-    param store, as decaying-average baselines do) runs eagerly with one
-    ``RuntimeWarning``, or raises with ``on_dynamic="raise"``. Validation (pyro's checks)
-    runs on the first, eager call only; a non-finite loss is still caught.
+    that cannot be traced (e.g. it branches on tensor values) runs eagerly with one
+    ``RuntimeWarning`` (a log record with ``ignore_jit_warnings=True``), or raises with
+    ``on_dynamic="raise"``. Validation (pyro's checks) runs on the first, eager call
+    only; a non-finite loss is still caught.
 
     :param backend: ``"auto"`` (default: the first of ``"inductor"``, ``"jit"`` and
         ``"eager"`` that compiles the step and reproduces the traced graph's numbers;
         a backend that fails is dropped with a ``RuntimeWarning``), or one by name:
         ``"inductor"`` (torch.compile's compiler, fused C++/Triton kernels), ``"jit"``
-        (TorchScript, legacy), ``"eager"`` (replay of the traced graph), or a plugin's.
-    """
+        (TorchScript, legacy; takes ``jit_options``), ``"eager"`` (replay of the traced
+        graph), or a plugin's.
+    {extra}"""
 
-    def __init__(self, num_particles: int = 1, max_plate_nesting: float = INF,
-                 max_iarange_nesting: float | None = None, vectorize_particles: bool = False,
-                 strict_enumeration_warning: bool = True, ignore_jit_warnings: bool = False,
-                 jit_options: dict | None = None, retain_graph: bool | None = None,
-                 tail_adaptive_beta: float = -1.0, *, backend: str | None = None,
-                 on_change: str = "recompile", on_dynamic: str = "eager",
-                 cache_size: int = 8):
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                         max_iarange_nesting=max_iarange_nesting,
-                         vectorize_particles=vectorize_particles,
-                         strict_enumeration_warning=strict_enumeration_warning,
-                         ignore_jit_warnings=ignore_jit_warnings, jit_options=jit_options,
-                         retain_graph=retain_graph, tail_adaptive_beta=tail_adaptive_beta)
-        self._set_compile_options(backend, on_change, on_dynamic, cache_size)
+
+class _Compiled:
+    """The compiled estimators' behaviour: one :class:`CompiledStep` per (model, guide),
+    which SVI and ``loss_and_grads`` use."""
 
     def _set_compile_options(self, backend, on_change, on_dynamic, cache_size) -> None:
         self.backend = backend or DEFAULT_BACKEND
@@ -54,68 +50,55 @@ class _Compiled:
                          "cache_size": cache_size, "jit_options": self.jit_options,
                          "ignore_warnings": self.ignore_jit_warnings}
         self._steps: dict = {}
-        CompiledLossAndGrads(self, None, self.backend, **self._options)  # validate options
+        CompiledStep.check_options(self.backend, **self._options)
 
-    def _loss_and_grads(self, model, guide, args, kwargs):
-        if self._pyro_hooks:  # a subclass computing through Pyro's hooks: eagerly
-            return super()._loss_and_grads(model, guide, args, kwargs)
+    def stepper(self, model, guide):
+        """The compiled step of ``(model, guide)`` (eager when a subclass computes
+        through Pyro's hooks)."""
+        if self._pyro_hooks:
+            return super().stepper(model, guide)
         key = (id(model), id(guide))
         step = self._steps.get(key)
         if step is None:
-            eager = super()._loss_and_grads
-            step = self._steps[key] = CompiledLossAndGrads(self, eager, self.backend,
-                                                           **self._options)
-        return step(model, guide, args, kwargs)
-
-    def _svi_step(self, model, guide, optim, args, kwargs, lazy: bool = False):
-        """A whole compiled SVI step (see
-        :meth:`~pyro_svi_ext.compile.CompiledLossAndGrads.svi_step`); None when the step
-        must run the eager way."""
-        step = self._steps.get((id(model), id(guide)))
-        return None if step is None else step.svi_step(model, guide, optim, args, kwargs,
-                                                       lazy)
+            step = self._steps[key] = CompiledStep(self, model, guide, self.backend,
+                                                   **self._options)
+        return step
 
     def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
         """``(loss, surrogate_loss)`` as tensors: the negative ELBO and the negative
         surrogate whose gradient is the estimator's (Pyro's ``JitTrace_ELBO`` method;
         computed by the eager estimator here)."""
-        loss, surrogate = self._objective(model, guide, args, kwargs)
-        return loss, -surrogate
+        estimate = self.objective(model, guide, args, kwargs)
+        return -estimate.elbo, -estimate.surrogate
 
 
-class JitTrace_ELBO(_Compiled, Trace_ELBO):
-    """:class:`Trace_ELBO` with a compiled ``loss_and_grads``."""
+def compiled_variant(base: type, name: str, extra_doc: str = "") -> type:
+    """``Jit<base>``: ``base`` with a compiled step; its constructor takes ``base``'s
+    parameters (same names, defaults and order) plus :data:`COMPILE_OPTIONS`
+    keyword-only."""
+    signature = inspect.signature(base.__init__)
+    base_params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    options = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+               for k, v in COMPILE_OPTIONS.items()]
 
-    estimator_name = "JitTrace_ELBO"
+    def __init__(self, *args, **kwargs):  # noqa: N807
+        bound = __init__.__signature__.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        values.pop("self")
+        compile_options = {k: values.pop(k) for k in COMPILE_OPTIONS}
+        base.__init__(self, **values)
+        self._set_compile_options(**compile_options)
+
+    __init__.__signature__ = signature.replace(parameters=base_params + options)
+    doc = _DOC.format(base=base.__name__, extra=extra_doc)
+    return type(name, (_Compiled, base), {"__init__": __init__, "__doc__": doc,
+                                          "__module__": __name__})
 
 
-class JitTraceGraph_ELBO(_Compiled, TraceGraph_ELBO):
-    """:class:`TraceGraph_ELBO` with a compiled ``loss_and_grads``."""
-
-    estimator_name = "JitTraceGraph_ELBO"
-
-
-class JitTraceEnum_ELBO(_Compiled, TraceEnum_ELBO):
-    """:class:`TraceEnum_ELBO` with a compiled ``loss_and_grads``."""
-
-    estimator_name = "JitTraceEnum_ELBO"
-
-
-class JitRenyiELBO(_Compiled, RenyiELBO):
-    """:class:`RenyiELBO` with a compiled step: not part of Pyro's API (Pyro has no
-    compiled Renyi bound); same arguments as ``RenyiELBO`` plus the compile options of
-    the other ``Jit*`` estimators."""
-
-    estimator_name = "JitRenyiELBO"
-
-    def __init__(self, alpha: float = 0, num_particles: int = 2,
-                 max_plate_nesting: float = INF, max_iarange_nesting: float | None = None,
-                 vectorize_particles: bool = False, strict_enumeration_warning: bool = True,
-                 *, backend: str | None = None, on_change: str = "recompile",
-                 on_dynamic: str = "eager", cache_size: int = 8):
-        RenyiELBO.__init__(self, alpha=alpha, num_particles=num_particles,
-                           max_plate_nesting=max_plate_nesting,
-                           max_iarange_nesting=max_iarange_nesting,
-                           vectorize_particles=vectorize_particles,
-                           strict_enumeration_warning=strict_enumeration_warning)
-        self._set_compile_options(backend, on_change, on_dynamic, cache_size)
+JitTrace_ELBO = compiled_variant(Trace_ELBO, "JitTrace_ELBO")
+JitTraceGraph_ELBO = compiled_variant(TraceGraph_ELBO, "JitTraceGraph_ELBO")
+JitTraceEnum_ELBO = compiled_variant(TraceEnum_ELBO, "JitTraceEnum_ELBO")
+JitRenyiELBO = compiled_variant(
+    RenyiELBO, "JitRenyiELBO",
+    "Not part of Pyro's API (Pyro has no compiled Renyi bound).\n")

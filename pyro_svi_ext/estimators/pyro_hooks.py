@@ -58,7 +58,7 @@ class PyroHooks:
                 f"{type(self).__name__} overrides Pyro's {list(self._pyro_hooks)}, which "
                 f"pyro_svi_ext's {type(self).__mro__[1].__name__} does not call (it "
                 "computes from its own site records); subclass pyro_svi_ext.Trace_ELBO, "
-                "whose hooks are honoured, or override _particle_elbo/_particle_surrogate")
+                "whose hooks are honoured, or override particle_elbo/particle_surrogate")
 
     # --- Pyro's helpers ---------------------------------------------------------------
     def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple,
@@ -99,7 +99,7 @@ class PyroHooks:
         """``(loss, surrogate_loss)`` of one particle: the negative ELBO (float) and the
         negative surrogate (tensor)."""
         pair = pair_from_traces(model_trace, guide_trace)
-        return -float(self._particle_elbo(pair)), -self._particle_surrogate(pair)
+        return -float(self.particle_elbo(pair)), -self.particle_surrogate(pair)
 
     # --- drivers through the hooks ------------------------------------------------------
     def _hooked_terms(self, model, guide, args, kwargs):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable
 
 import torch
 
 from pyro_svi_ext.estimators.base import ELBO, INF
 from pyro_svi_ext.kernels import is_identically_zero, renyi_weights, sum_dims
+from pyro_svi_ext.protocol import Estimate
 from pyro_svi_ext.trace import Site, TracePair
 
 
@@ -39,7 +38,6 @@ class RenyiELBO(ELBO):
     score-function parts; plus those of :class:`~pyro_svi_ext.estimators.base.ELBO`.
     """
 
-    estimator_name = "RenyiELBO"
 
     def __init__(
         self,
@@ -112,49 +110,14 @@ class RenyiELBO(ELBO):
                                   for _, s in terms])
         return elbos, surrogates
 
-    # --- public API -----------------------------------------------------------------
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        """Negative Renyi bound (float)."""
-        with torch.no_grad():
-            elbos, _ = self._stacked(self._pairs(model, guide, args, kwargs), False)
-            if elbos is None:
-                return 0.0
-            bound, _ = renyi_weights(elbos, self.alpha)
-            loss = -bound.sum().item()
-        if math.isnan(loss):
-            warnings.warn("RenyiELBO: encountered NaN loss", stacklevel=2)
-        return loss
-
-    def _bound_and_surrogate(self, model, guide, args, kwargs):
-        pairs = self._pairs(model, guide, args, kwargs)
-        elbos, surrogates = self._stacked(pairs, True)
+    def estimate(self, pairs: list[TracePair], surrogate: bool = True) -> Estimate:
+        """The bound summed over the common plates' elements, and the surrogate whose
+        gradient is the estimator's (weights times per-particle surrogates)."""
+        elbos, surrogates = self._stacked(pairs, surrogate)
         if elbos is None:
-            return pairs, None, None
+            return Estimate(0.0, 0.0 if surrogate else None)
         bound, weights = renyi_weights(elbos, self.alpha)
-        surrogate = None
-        if torch.is_tensor(surrogates):
-            weights = weights.to(surrogates.dtype)
-            surrogate = (weights * surrogates).sum() / self.num_particles
-        return pairs, bound.sum(), surrogate
-
-    def _objective(self, model, guide, args, kwargs):
-        _, bound, surrogate = self._bound_and_surrogate(model, guide, args, kwargs)
-        return -bound, surrogate
-
-    def _loss_and_grads(self, model, guide, args, kwargs):
-        pairs, bound, surrogate = self._bound_and_surrogate(model, guide, args, kwargs)
-        if bound is None:
-            return 0.0, {}
-        loss = -bound.item()
-        self._check_finite(loss, pairs)
-        return loss, self._ascend(pairs, surrogate)
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
-        """Negative bound as a tensor whose gradient is the estimator's gradient."""
-        _, bound, surrogate = self._bound_and_surrogate(model, guide, args, kwargs)
-        if bound is None:
-            return torch.zeros(())
-        if surrogate is None:
-            return -bound
-        bound = bound.to(dtype=surrogate.dtype, device=surrogate.device)
-        return -(bound + (surrogate - surrogate.detach()))
+        if not torch.is_tensor(surrogates):
+            return Estimate(bound.sum(), None if not surrogate else 0.0)
+        weights = weights.to(surrogates.dtype)
+        return Estimate(bound.sum(), (weights * surrogates).sum() / self.num_particles)

@@ -54,12 +54,11 @@ class Trace_ELBO(ELBO):
     plus ``ValueError``/``RuntimeError`` from a distribution, re-raised with the site name.
     """
 
-    estimator_name = "Trace_ELBO"
     #: a subclass's overrides of Pyro's hooks (``_differentiable_loss_particle``,
     #: ``_get_trace``, ...) are used, as Pyro's Trace_ELBO uses them
     _honours_pyro_hooks = True
 
-    def _particle_surrogate(self, pair: TracePair) -> torch.Tensor:
+    def particle_surrogate(self, pair: TracePair) -> torch.Tensor:
         surrogate = sum(s.log_prob_sum for s in pair.model.values())
         groups = None
         for site in pair.guide.values():

@@ -4,18 +4,17 @@ package's own sum-product kernel."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 
 import pyro.poutine as poutine
-import torch
 from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.estimators.base import ELBO
 from pyro_svi_ext.kernels import is_identically_zero
 from pyro_svi_ext.kernels.dice import expected_cost
 from pyro_svi_ext.kernels.sumproduct import Factor, contract_tree, query_marginal
+from pyro_svi_ext.protocol import Estimate
 from pyro_svi_ext.trace import TracePair
 from pyro_svi_ext.trace.backward_sample import BackwardSampleMessenger, marginal_dist
 from pyro_svi_ext.trace.enum import enum_label, enum_pairs, is_enumerated, ordinal, packed
@@ -58,10 +57,11 @@ class TraceEnum_ELBO(ELBO):
     validation, ``strict_enumeration_warning``) when nothing is enumerated.
     """
 
-    estimator_name = "TraceEnum_ELBO"
-
     # --- particles ------------------------------------------------------------------
-    def _pairs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    def particles(self, model: Callable, guide: Callable, args: tuple,
+                  kwargs: dict) -> list[TracePair]:
+        """One pair per particle and per branch of sequentially enumerated guide sites;
+        under validation, TraceEnum's checks and warnings."""
         if isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
             raise NotImplementedError("TraceEnum_ELBO does not support GuideMessenger guides")
         self._ensure_plate_nesting(model, guide, args, kwargs)
@@ -83,7 +83,7 @@ class TraceEnum_ELBO(ELBO):
             return
         warnings.warn("TraceEnum_ELBO found no sample sites configured for enumeration; "
                       'mark sites infer={"enumerate": "parallel"} (or use '
-                      "config_enumerate), or use Trace_ELBO", stacklevel=4)
+                      "config_enumerate), or use Trace_ELBO", stacklevel=5)
 
     def _particle_dice(self, pair: TracePair):
         factors = model_factors(pair)
@@ -101,36 +101,26 @@ class TraceEnum_ELBO(ELBO):
         log_probs, log_denoms = guide_dice_factors(pair)
         return expected_cost(costs, log_probs, log_denoms)
 
-    def _dice_total(self, pairs: list[TracePair]):
+    def estimate(self, pairs: list[TracePair], surrogate: bool = True) -> Estimate:
+        """The DiCE objective, which is its own surrogate (the ELBO value is its
+        detached copy); ``0.0`` when nothing is random."""
         total = 0.0
         for pair in pairs:
             elbo = self._particle_dice(pair)
             if not is_identically_zero(elbo):
                 total = total + elbo
-        return total / self.num_particles if not is_identically_zero(total) else total
+        if is_identically_zero(total):
+            return Estimate(0.0, 0.0)
+        total = total / self.num_particles
+        return Estimate(total.detach(), total if surrogate else None)
 
-    # --- public API -----------------------------------------------------------------
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        """Negative ELBO (float) with enumerated sites summed exactly."""
-        with torch.no_grad():
-            elbo = self._dice_total(self._pairs(model, guide, args, kwargs))
-            loss = -float(elbo)
-        if math.isnan(loss):
-            warnings.warn("TraceEnum_ELBO: encountered NaN loss", stacklevel=2)
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        """Negative ELBO as a tensor; ``ValueError`` if it cannot be differentiated."""
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        if not loss.requires_grad:
+            raise ValueError(f"the ELBO cannot be differentiated: {loss!r} (no parameter "
+                             "reaches it)")
         return loss
-
-    def _objective(self, model, guide, args, kwargs):
-        elbo = self._dice_total(self._pairs(model, guide, args, kwargs))
-        return -elbo, elbo
-
-    def _loss_and_grads(self, model, guide, args, kwargs):
-        pairs = self._pairs(model, guide, args, kwargs)
-        elbo = self._dice_total(pairs)
-        if is_identically_zero(elbo):
-            return 0.0, {}
-        loss = -elbo.item()
-        self._check_finite(loss, pairs)
-        return loss, self._ascend(pairs, elbo)
 
     # --- posterior of the model-enumerated sites -------------------------------------
     def _single_pair(self, model, guide, args, kwargs, what: str) -> TracePair:
@@ -138,7 +128,7 @@ class TraceEnum_ELBO(ELBO):
             raise NotImplementedError(f"TraceEnum_ELBO.{what}() needs num_particles=1")
         with poutine.block(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Found vars in model but not guide")
-            pair = self._pairs(model, guide, args, kwargs)[0]
+            pair = self.particles(model, guide, args, kwargs)[0]
         if any(is_enumerated(s) for s in pair.guide.values()):
             raise NotImplementedError(f"TraceEnum_ELBO.{what}() does not support guide "
                                       "enumeration; enumerate those sites in the model")
@@ -167,11 +157,3 @@ class TraceEnum_ELBO(ELBO):
         with BackwardSampleMessenger(pair.model, pair.guide):
             _, result = run_recorded(model, args, kwargs, against=_GuideRun(pair))
         return result
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
-        """Negative ELBO as a tensor; ``ValueError`` if it cannot be differentiated."""
-        elbo = self._dice_total(self._pairs(model, guide, args, kwargs))
-        if not torch.is_tensor(elbo) or not elbo.requires_grad:
-            raise ValueError(f"the ELBO cannot be differentiated: {elbo!r} (no parameter "
-                             "reaches it)")
-        return -elbo

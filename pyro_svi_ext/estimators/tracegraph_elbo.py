@@ -16,6 +16,7 @@ from pyro_svi_ext.kernels import (
     is_identically_zero,
     reduce_costs,
 )
+from pyro_svi_ext.protocol import CompileFacts, Estimate
 from pyro_svi_ext.trace import Site, TracePair
 from pyro_svi_ext.trace.provenance import sources_of, untrack
 
@@ -56,44 +57,39 @@ class BaselineOptions:
         return opts
 
 
-class _StoreAverages:
-    """Decaying averages kept in the param store (eager steps): read, created at zero
-    when missing, and replaced by their update."""
+class _Averages:
+    """Decaying averages during one estimate: read from this estimate's own updates
+    first (a later particle sees an earlier one's), then from a compiled step's bound
+    inputs, else from the param store (zero when missing); updates are collected in
+    ``updates`` for the caller to write, never written here."""
+
+    def __init__(self, bound: dict | None):
+        self.bound = bound
+        self.updates: dict[str, torch.Tensor] = {}
 
     def read(self, name: str, cost: torch.Tensor) -> torch.Tensor:
+        if name in self.updates:
+            return self.updates[name]
+        if self.bound is not None:
+            return self.bound[name]
         store = pyro.get_param_store()  # not pyro.param: the average is no optimizer's
-        with torch.no_grad():
-            return store.get_param(name, torch.zeros(cost.shape, device=cost.device))
+        if name in store:
+            return store[name].detach()
+        return torch.zeros(cost.shape, device=cost.device)
 
     def write(self, name: str, value: torch.Tensor) -> None:
-        pyro.get_param_store()[name] = value
+        self.updates[name] = value
 
 
-class _BoundAverages:
-    """Decaying averages held in ``values`` (name -> tensor) while a compiled step is
-    traced: read from its inputs, updated values left in ``values``."""
-
-    def __init__(self, values: dict):
-        self.values = values
-
-    def read(self, name: str, cost: torch.Tensor) -> torch.Tensor:
-        return self.values[name]
-
-    def write(self, name: str, value: torch.Tensor) -> None:
-        self.values[name] = value
-
-
-def _baseline(name: str, site: Site, cost: torch.Tensor, averages, used: list):
+def _baseline(name: str, site: Site, cost: torch.Tensor, averages: _Averages):
     """``(baseline or None, loss that trains it or 0)`` for one site's downstream cost;
-    a decaying average is read from and written to ``averages``, its name appended to
-    ``used``."""
+    a decaying average is read from and its update written to ``averages``."""
     opts = BaselineOptions.of(site)
     baseline = None
     if opts.use_decaying_avg_baseline:
         param_name = AVG_BASELINE_PREFIX + name
         average = averages.read(param_name, cost)
         averages.write(param_name, decayed_average(average, cost, opts.baseline_beta))
-        used.append(param_name)
         baseline = average
     if opts.nn_baseline is not None:
         learned = opts.nn_baseline(opts.nn_baseline_input.detach())
@@ -161,58 +157,58 @@ class TraceGraph_ELBO(ELBO):
     shape differs from the site's downstream cost.
     """
 
-    estimator_name = "TraceGraph_ELBO"
     track_nonreparam = True
-    #: the dependency structure to use instead of tracking provenance (compiled steps
-    #: trace with fake tensors, which cannot be tracked; see :meth:`_replaying`)
+    #: while a compiled step is traced (see :meth:`tracing`): the dependency structure
+    #: to use instead of tracking provenance (fake tensors cannot be tracked), and the
+    #: decaying averages' input tensors
     _replayed: Structure | None = None
-    _last_structure: Structure | None = None
-
-    #: where decaying averages live: the param store, or a compiled step's trace
-    _averages: _StoreAverages | _BoundAverages = _StoreAverages()
-    _last_averages: tuple[str, ...] = ()
-
-    def _static_structure(self) -> Structure | None:
-        return self._last_structure
-
-    def _side_state(self) -> list[str]:
-        """The decaying averages the last eager particle updated (param-store names)."""
-        return sorted(set(self._last_averages))
+    _bound: dict | None = None
 
     @contextmanager
-    def _side_state_in(self, values: dict):
-        self._averages = _BoundAverages(values)
+    def tracing(self, facts: CompileFacts, side_state: dict):
+        """Trace without provenance tracking, taking ``facts.structure`` (found by an
+        eager step of the same model and guide) as the dependencies, and reading the
+        decaying averages from ``side_state``."""
+        replay = facts.structure is not None
+        if replay:
+            self.track_nonreparam, self._replayed = False, facts.structure
+        self._bound = side_state
         try:
             yield
         finally:
-            del self._averages
+            if replay:
+                del self.track_nonreparam
+                self._replayed = None
+            self._bound = None
 
-    @contextmanager
-    def _replaying(self, structure: Structure | None):
-        """Trace without provenance tracking, taking ``structure`` (recorded by an eager
-        step of the same model and guide) as the dependencies."""
-        if structure is None:
-            yield
-            return
-        self.track_nonreparam, self._replayed = False, structure
-        try:
-            yield
-        finally:
-            del self.track_nonreparam
-            self._replayed = None
+    def particle_elbo(self, pair: TracePair) -> torch.Tensor:
+        return untrack(super().particle_elbo(pair))
 
-    def _particle_elbo(self, pair: TracePair) -> torch.Tensor:
-        return untrack(super()._particle_elbo(pair))
+    def estimate(self, pairs: list[TracePair], surrogate: bool = True) -> Estimate:
+        """The mean ELBO and surrogate; the facts are the dependency structure and the
+        decaying averages updated (their new values in ``side_updates``)."""
+        elbo = sum(map(self.particle_elbo, pairs[1:]), self.particle_elbo(pairs[0]))
+        elbo = elbo / self.num_particles
+        if not surrogate:
+            return Estimate(elbo)
+        averages = _Averages(self._bound)
+        total, structure = 0.0, None
+        for pair in pairs:
+            structure = self._replayed or dependency_structure(pair)
+            total = total + self._surrogate(pair, structure, averages)
+        facts = CompileFacts(structure, tuple(sorted(averages.updates)))
+        return Estimate(elbo, total / self.num_particles, facts, averages.updates)
 
-    def _particle_surrogate(self, pair: TracePair) -> torch.Tensor:
+    def particle_surrogate(self, pair: TracePair) -> torch.Tensor:
+        return self._surrogate(pair, self._replayed or dependency_structure(pair),
+                               _Averages(self._bound))
+
+    @staticmethod
+    def _surrogate(pair: TracePair, structure: Structure, averages: _Averages):
         surrogate = sum(untrack(s.log_prob_sum) for s in pair.model.values())
         for site in pair.guide.values():
             if not is_identically_zero(site.entropy_term):
                 surrogate = surrogate - untrack(site.entropy_term).sum()
-        structure = self._replayed
-        if structure is None:
-            structure = self._last_structure = dependency_structure(pair)
-        used: list[str] = []
         for name, terms in downstream_terms(pair, structure).items():
             site = pair.guide.get(name)
             if site is None:  # a model-only latent: no guide score to weight
@@ -220,12 +216,10 @@ class TraceGraph_ELBO(ELBO):
             frames = site.plate_frames
             cost = reduce_costs(
                 [(value, [f.dim for f in group if f not in frames]) for group, value in terms])
-            baseline, loss = _baseline(name, site, cost, self._averages, used)
+            baseline, loss = _baseline(name, site, cost, averages)
             if baseline is not None:
                 cost = cost - baseline
                 surrogate = surrogate - loss
             score = untrack(site.score_function)
             surrogate = surrogate + (score * cost.detach()).sum()
-        if self._replayed is None:
-            self._last_averages = tuple(used)
         return surrogate

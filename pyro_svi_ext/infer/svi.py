@@ -73,18 +73,12 @@ class SVI(TracePosterior):
         self.num_samples = num_samples
         self.num_steps = num_steps
         self._optim_step = FusedStep(optim)
-        # this package's ELBOs report the params they touched: no extra handler needed,
-        # unless a subclass overrides the public loss_and_grads (then that is what runs)
-        self._tracked_step = (
-            loss._loss_and_grads
-            if isinstance(loss, ELBO)
-            and getattr(type(loss).loss_and_grads, "__func__", type(loss).loss_and_grads)
-            is ELBO.loss_and_grads
-            else None
-        )
-        # a compiled estimator can run the whole step, optimizer update included
-        self._whole_step = (getattr(loss, "_svi_step", None)
-                            if self._tracked_step is not None else None)
+        # this package's estimators give their stepper (eager, or a compiled step that may
+        # include the optimizer's update); a subclass that overrides the public
+        # loss_and_grads gets that method called instead, as in Pyro
+        self._stepper = (loss.stepper(model, guide)
+                         if isinstance(loss, ELBO)
+                         and type(loss).loss_and_grads is ELBO.loss_and_grads else None)
         if hasattr(loss, "loss") and hasattr(loss, "loss_and_grads"):
             self.loss = loss.loss
             self.loss_and_grads = loss.loss_and_grads
@@ -97,8 +91,9 @@ class SVI(TracePosterior):
             )
 
     def _run_loss_and_grads(self, args: tuple, kwargs: dict):
-        if self._tracked_step is not None:
-            return self._tracked_step(self.model, self.guide, args, kwargs)
+        if self._stepper is not None:
+            result = self._stepper.loss_and_params(args, kwargs)
+            return result.loss, result.params
         recorder = SiteRecorder(params_only=True)
         with recorder:
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
@@ -106,8 +101,8 @@ class SVI(TracePosterior):
 
     def step(self, *args, **kwargs) -> float:
         """One gradient step; returns the loss estimate (float) before the step."""
-        if self._whole_step is not None:
-            value = self._whole_step(self.model, self.guide, self.optim, args, kwargs)
+        if self._stepper is not None:
+            value = self._stepper.whole_step(self.optim, args, kwargs)
             if value is not None:
                 return value
         return self._eager_step(args, kwargs)
@@ -140,9 +135,8 @@ class SVI(TracePosterior):
         waiting for the device; the non-finite check is then yours (a step whose loss
         is not finite changes no param or optimizer tensor). Otherwise this is
         ``torch.tensor(step(...))``."""
-        if self._whole_step is not None:
-            value = self._whole_step(self.model, self.guide, self.optim, args, kwargs,
-                                     lazy=True)
+        if self._stepper is not None:
+            value = self._stepper.whole_step(self.optim, args, kwargs, lazy=True)
             if value is not None:
                 return value
         return torch.tensor(self._eager_step(args, kwargs))

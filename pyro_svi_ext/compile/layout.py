@@ -1,0 +1,92 @@
+"""Where each part of a compiled step sits in its flat inputs and outputs.
+
+Inputs, in order: the params (unconstrained tensors), the optimizer's state tensors (the
+first ``n_written`` are rewritten by the update; the rest are learning rates, read
+only unless ClippedAdam decays them), the side state (param-store entries the estimator
+rewrites outside the optimizer, e.g. decaying averages), the tensor arguments.
+
+Traced outputs: the loss, one gradient per param, then the new values of everything
+written: params and written optimizer state (for a whole SVI step), side state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    n_params: int
+    n_state: int
+    n_written: int
+    n_side: int
+    #: positions in ``args`` of the tensor arguments (the others are constants)
+    arg_slots: tuple[int, ...]
+    #: whether the optimizer's update is part of the graph
+    whole_step: bool
+
+    @classmethod
+    def of(cls, n_params: int, plan, n_side: int, args: tuple) -> StepLayout:
+        """The layout for ``n_params`` params, an optimizer plan (None: gradients only),
+        ``n_side`` side-state tensors and the call's ``args``."""
+        slots = tuple(i for i, a in enumerate(args) if torch.is_tensor(a))
+        if plan is None:
+            return cls(n_params, 0, 0, n_side, slots, False)
+        return cls(n_params, len(plan.inputs), len(plan.written), n_side, slots, True)
+
+    # --- inputs ---------------------------------------------------------------------------
+    def inputs(self, params: list, state: list, side: list, args: tuple) -> list:
+        return [*params, *state, *side, *[args[i] for i in self.arg_slots]]
+
+    def split_inputs(self, flat: tuple) -> tuple[list, list, list, list]:
+        """``(params, optimizer state, side state, tensor arguments)``."""
+        a = self.n_params
+        b = a + self.n_state
+        c = b + self.n_side
+        return list(flat[:a]), list(flat[a:b]), list(flat[b:c]), list(flat[c:])
+
+    def call_args(self, args: tuple, tensors: list) -> tuple:
+        """``args`` with the traced tensors in their slots."""
+        call = list(args)
+        for slot, value in zip(self.arg_slots, tensors, strict=True):
+            call[slot] = value
+        return tuple(call)
+
+    @property
+    def written_inputs(self) -> list[int]:
+        """Input positions the production graph writes in place, in the order of the
+        traced outputs' new values."""
+        side = range(self.n_params + self.n_state, self.n_params + self.n_state + self.n_side)
+        if not self.whole_step:
+            return list(side)
+        return [*range(self.n_params + self.n_written), *side]
+
+    # --- outputs --------------------------------------------------------------------------
+    @property
+    def kept(self) -> int:
+        """Outputs the production graph returns: ``(loss,)`` for a whole step (its
+        gradients are fused into the update), ``(loss, *grads)`` otherwise."""
+        return 1 if self.whole_step else 1 + self.n_params
+
+    def split_outputs(self, outputs) -> tuple[torch.Tensor, list, list]:
+        """``(loss, grads, new values)`` of the traced graph's outputs."""
+        return outputs[0], list(outputs[1:1 + self.n_params]), list(outputs[1 + self.n_params:])
+
+
+def writing_in_place(gm: torch.fx.GraphModule, layout: StepLayout) -> torch.fx.GraphModule:
+    """The production graph of a traced one: each new value copied into its input
+    (``aten.copy_``), only the first ``layout.kept`` outputs returned."""
+    targets = layout.written_inputs
+    if not targets:
+        return gm
+    graph = torch.fx.Graph()
+    outputs = graph.graph_copy(gm.graph, {})
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    new_values = outputs[1 + layout.n_params:]
+    for at, value in zip(targets, new_values, strict=True):
+        graph.call_function(torch.ops.aten.copy_.default, (placeholders[at], value))
+    graph.output(tuple(outputs[:layout.kept]))
+    graph.eliminate_dead_code()
+    return torch.fx.GraphModule(gm, graph)
