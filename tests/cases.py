@@ -21,6 +21,10 @@ class Case:
     name: str
     build: Callable[[], tuple]  # -> (model, guide, args)
     elbo_kwargs: dict = field(default_factory=dict)
+    #: properties tests select by, e.g. "untraceable": the guide indexes a tensor with a
+    #: sampled 0-dim tensor (``pb[a.long()]``), which reads a value into Python, so a
+    #: compiled step falls back to eager
+    tags: frozenset = frozenset()
 
     def __repr__(self) -> str:
         return self.name
@@ -459,7 +463,7 @@ def baseline_nn_and_average():
 
 
 GRAPH_CASES = [
-    Case("nonreparam_chain", nonreparam_chain),
+    Case("nonreparam_chain", nonreparam_chain, tags=frozenset({"untraceable"})),
     Case("nonreparam_inside_and_outside_plates", nonreparam_inside_and_outside_plates),
     Case("sequential_chain", sequential_chain),
     Case("subsampled_nonreparam", subsampled_nonreparam),
@@ -469,7 +473,8 @@ GRAPH_CASES = [
     Case("baseline_nn_and_average", baseline_nn_and_average),
     Case("graph_vectorized", nonreparam_inside_and_outside_plates,
          {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 2}),
-    Case("graph_particles", nonreparam_chain, {"num_particles": 5}),
+    Case("graph_particles", nonreparam_chain, {"num_particles": 5},
+         tags=frozenset({"untraceable"})),
 ]
 
 
@@ -658,28 +663,6 @@ def guide_enum_with_model_enum():
     return model, guide, (x,)
 
 
-ENUM_CASES = [
-    Case("gmm_model_enum", gmm_model_enum, {"max_plate_nesting": 1}),
-    Case("gmm_guide_enum_parallel", gmm_guide_enum, {"max_plate_nesting": 1}),
-    Case("gmm_guide_enum_sequential", lambda: gmm_guide_enum(n=2, mode="sequential"),
-         {"max_plate_nesting": 1}),
-    Case("sequential_guide_enum", sequential_guide_enum, {"max_plate_nesting": 1}),
-    Case("nested_enum_two_levels", nested_enum_two_levels, {"max_plate_nesting": 2}),
-    Case("hmm_markov_T50", hmm, {"max_plate_nesting": 0}),
-    Case("hmm_history2", lambda: hmm(T=12, history=2), {"max_plate_nesting": 0}),
-    Case("factorial_hmm", factorial_hmm, {"max_plate_nesting": 0}),
-    Case("subsampled_enum", subsampled_enum, {"max_plate_nesting": 1}),
-    Case("enum_mixed_reparam", enum_mixed_reparam, {"max_plate_nesting": 1}),
-    Case("guide_and_model_enum", guide_enum_with_model_enum, {"max_plate_nesting": 1}),
-    Case("gmm_guessed_nesting", gmm_model_enum),
-    Case("gmm_particles", gmm_model_enum, {"max_plate_nesting": 1, "num_particles": 3}),
-    Case("enum_vectorized", guide_enum_with_model_enum,
-         {"max_plate_nesting": 1, "num_particles": 3, "vectorize_particles": True}),
-    Case("enum_mixed_vectorized", enum_mixed_reparam,
-         {"max_plate_nesting": 1, "num_particles": 4, "vectorize_particles": True}),
-]
-
-
 def local_parallel_sampling():
     """Guide sites sampled several times in parallel (infer num_samples), discrete and
     continuous."""
@@ -701,5 +684,31 @@ def local_parallel_sampling():
     return model, guide, (x,)
 
 
-ENUM_CASES.append(Case("local_parallel_sampling", local_parallel_sampling,
-                       {"max_plate_nesting": 1}))
+ENUM_CASES = [
+    Case("gmm_model_enum", gmm_model_enum, {"max_plate_nesting": 1}),
+    Case("gmm_guide_enum_parallel", gmm_guide_enum, {"max_plate_nesting": 1}),
+    Case("gmm_guide_enum_sequential", lambda: gmm_guide_enum(n=2, mode="sequential"),
+         {"max_plate_nesting": 1}),
+    Case("sequential_guide_enum", sequential_guide_enum, {"max_plate_nesting": 1}),
+    Case("nested_enum_two_levels", nested_enum_two_levels, {"max_plate_nesting": 2}),
+    Case("hmm_markov_T50", hmm, {"max_plate_nesting": 0}),
+    Case("hmm_history2", lambda: hmm(T=12, history=2), {"max_plate_nesting": 0}),
+    Case("factorial_hmm", factorial_hmm, {"max_plate_nesting": 0}),
+    Case("subsampled_enum", subsampled_enum, {"max_plate_nesting": 1}),
+    Case("enum_mixed_reparam", enum_mixed_reparam, {"max_plate_nesting": 1}),
+    Case("guide_and_model_enum", guide_enum_with_model_enum, {"max_plate_nesting": 1}),
+    Case("gmm_guessed_nesting", gmm_model_enum),
+    Case("gmm_particles", gmm_model_enum, {"max_plate_nesting": 1, "num_particles": 3}),
+    Case("enum_vectorized", guide_enum_with_model_enum,
+         {"max_plate_nesting": 1, "num_particles": 3, "vectorize_particles": True}),
+    Case("enum_mixed_vectorized", enum_mixed_reparam,
+         {"max_plate_nesting": 1, "num_particles": 4, "vectorize_particles": True}),
+    Case("local_parallel_sampling", local_parallel_sampling, {"max_plate_nesting": 1}),
+]
+
+
+def pick(*names: str) -> list[Case]:
+    """The cases of any catalogue with these names, in this order (a name not found
+    fails the collection, loudly)."""
+    every = {c.name: c for c in CASES + GRAPH_CASES + ENUM_CASES}
+    return [every[name] for name in names]

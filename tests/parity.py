@@ -27,7 +27,7 @@ def run_loss_and_grads(elbo, case, seed: int = 0, method: str = "loss_and_grads"
     return float(loss), grads
 
 
-def assert_same(ours, theirs, rtol=1e-5, atol=1e-6):
+def assert_same_loss_and_grads(ours, theirs, rtol=1e-5, atol=1e-6):
     loss_o, grads_o = ours
     loss_t, grads_t = theirs
     assert abs(loss_o - loss_t) <= atol + rtol * abs(loss_t), (loss_o, loss_t)

@@ -10,6 +10,7 @@ import pyro.optim
 import pytest
 import torch
 from cases import CASES, ENUM_CASES, GRAPH_CASES
+from svi_runs import assert_same_run, compiled_step, run_svi
 
 import pyro_svi_ext
 from pyro_svi_ext import (
@@ -28,34 +29,11 @@ EAGER_OF = {JitTrace_ELBO: Trace_ELBO, JitTraceEnum_ELBO: TraceEnum_ELBO,
             JitTraceGraph_ELBO: TraceGraph_ELBO,
             pyro_svi_ext.JitRenyiELBO: pyro_svi_ext.RenyiELBO}
 # every shape of the parity suites compiles (decaying-average baselines as side state
-# written in place), but for two whose guide indexes a tensor with a sampled 0-dim
-# tensor (``pb[a.long()]``), which reads a value into Python
-NOT_TRACEABLE = {"nonreparam_chain", "graph_particles"}
+# written in place), but for those tagged "untraceable"
 COMPILABLE = ([(JitTrace_ELBO, c) for c in CASES]
               + [(JitTraceGraph_ELBO, c) for c in CASES + GRAPH_CASES
-                 if c.name not in NOT_TRACEABLE]
+                 if "untraceable" not in c.tags]
               + [(JitTraceEnum_ELBO, c) for c in ENUM_CASES])
-
-
-def run_svi(elbo, case, optim=None, steps=5):
-    pyro.clear_param_store()
-    model, guide, args = case.build()
-    pyro.set_rng_seed(0)
-    svi = SVI(model, guide, optim or pyro.optim.Adam({"lr": 0.05}), elbo)
-    losses = [svi.step(*args) for _ in range(steps)]
-    return losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-
-
-def assert_same_run(ours, theirs):
-    assert ours[0] == pytest.approx(theirs[0], rel=1e-5, abs=1e-5)
-    assert ours[1].keys() == theirs[1].keys()
-    for name in theirs[1]:
-        torch.testing.assert_close(ours[1][name], theirs[1][name], rtol=1e-5, atol=1e-6)
-
-
-def compiled_step(elbo):
-    (step,) = elbo._steps.values()
-    return step
 
 
 @pytest.mark.parametrize("backend", ["eager"])
@@ -68,7 +46,7 @@ def test_compiled_steps_equal_eager_steps(cls, case, backend):
     assert_same_run(ours, run_svi(EAGER_OF[cls](**case.elbo_kwargs), case))
 
 
-@pytest.mark.parametrize("case", [c for c in GRAPH_CASES if c.name in NOT_TRACEABLE],
+@pytest.mark.parametrize("case", [c for c in GRAPH_CASES if "untraceable" in c.tags],
                          ids=lambda c: c.name)
 def test_untraceable_shapes_fall_back_to_the_eager_numbers(case):
     elbo = JitTraceGraph_ELBO(backend="eager", **case.elbo_kwargs)

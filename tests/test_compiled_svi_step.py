@@ -10,6 +10,7 @@ import pytest
 import torch
 from cases import CASES, ENUM_CASES, GRAPH_CASES
 from pyro.distributions import constraints
+from svi_runs import SviRun, assert_same_run, compiled_step, run_svi
 
 import pyro_svi_ext
 from pyro_svi_ext import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
@@ -39,45 +40,8 @@ def case(name):
     return found
 
 
-def run(elbo, case, optim, steps=8, edit=None):
-    """Losses, params and optimizer state after ``steps`` SVI steps from seed 0;
-    ``edit(step, optim)`` runs before each step."""
-    pyro.clear_param_store()
-    model, guide, args = case.build()
-    pyro.set_rng_seed(0)
-    svi = SVI(model, guide, optim, elbo)
-    losses = []
-    for i in range(steps):
-        if edit is not None:
-            edit(i, optim)
-        losses.append(svi.step(*args))
-    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-    return losses, params, copy.deepcopy(optim.get_state())
-
-
-def assert_same(ours, theirs):
-    assert ours[0] == pytest.approx(theirs[0], rel=1e-5, abs=1e-5)
-    assert ours[1].keys() == theirs[1].keys()
-    for name in theirs[1]:
-        torch.testing.assert_close(ours[1][name], theirs[1][name], rtol=1e-5, atol=1e-6)
-    assert ours[2].keys() == theirs[2].keys()
-    for name, state in theirs[2].items():
-        for key, value in state["state"][0].items():
-            got = ours[2][name]["state"][0][key]
-            if torch.is_tensor(value):
-                torch.testing.assert_close(got.cpu(), value.cpu(), rtol=1e-5, atol=1e-6)
-            else:
-                assert got == value, (name, key)
-        assert ours[2][name]["param_groups"] == state["param_groups"]
-
-
-def the_step(elbo):
-    (step,) = elbo._steps.values()
-    return step
-
-
 def assert_whole_step_compiled(elbo):
-    step = the_step(elbo)
+    step = compiled_step(elbo)
     assert step.optim_reason is None and step.dynamic_reason is None
     assert [k[-1] is not None for k in step.graphs] == [True]
 
@@ -85,9 +49,9 @@ def assert_whole_step_compiled(elbo):
 @pytest.mark.parametrize("optim", OPTIMIZERS, ids=str)
 def test_whole_step_equals_eager_step_for_each_optimizer(optim):
     elbo = JitTrace_ELBO(backend="eager")
-    ours = run(elbo, case("nested_plates"), OPTIMIZERS[optim]())
+    ours = run_svi(elbo, case("nested_plates"), OPTIMIZERS[optim]())
     assert_whole_step_compiled(elbo)
-    assert_same(ours, run(Trace_ELBO(), case("nested_plates"), OPTIMIZERS[optim]()))
+    assert_same_run(ours, run_svi(Trace_ELBO(), case("nested_plates"), OPTIMIZERS[optim]()))
 
 
 @pytest.mark.parametrize("name", ["nonreparam_in_plate", "pyro_module_amortized",
@@ -98,17 +62,17 @@ def test_whole_step_equals_eager_step_on_model_shapes(name, optim):
                        else (JitTrace_ELBO, Trace_ELBO))
     kwargs = case(name).elbo_kwargs
     elbo = compiled(backend="eager", **kwargs)
-    ours = run(elbo, case(name), OPTIMIZERS[optim]())
+    ours = run_svi(elbo, case(name), OPTIMIZERS[optim]())
     assert_whole_step_compiled(elbo)
-    assert_same(ours, run(eager(**kwargs), case(name), OPTIMIZERS[optim]()))
+    assert_same_run(ours, run_svi(eager(**kwargs), case(name), OPTIMIZERS[optim]()))
 
 
 @pytest.mark.parametrize("optim", ["adam", "sgd_nesterov", "clipped_adam"])
 def test_inductor_whole_step_equals_eager_step(optim):
     elbo = JitTrace_ELBO(backend="inductor")
-    ours = run(elbo, case("plate"), OPTIMIZERS[optim](), steps=6)
+    ours = run_svi(elbo, case("plate"), OPTIMIZERS[optim](), steps=6)
     assert_whole_step_compiled(elbo)
-    assert_same(ours, run(Trace_ELBO(), case("plate"), OPTIMIZERS[optim](), steps=6))
+    assert_same_run(ours, run_svi(Trace_ELBO(), case("plate"), OPTIMIZERS[optim](), steps=6))
 
 
 def halve_lr_at(step):
@@ -121,9 +85,9 @@ def halve_lr_at(step):
 
 def test_learning_rates_edited_by_hand_are_honoured_without_recompiling():
     elbo = JitTrace_ELBO(backend="eager")
-    ours = run(elbo, case("plate"), OPTIMIZERS["adam"](), edit=halve_lr_at(4))
-    assert the_step(elbo).compiles == 1
-    assert_same(ours, run(Trace_ELBO(), case("plate"), OPTIMIZERS["adam"](),
+    ours = run_svi(elbo, case("plate"), OPTIMIZERS["adam"](), edit=halve_lr_at(4))
+    assert compiled_step(elbo).compiles == 1
+    assert_same_run(ours, run_svi(Trace_ELBO(), case("plate"), OPTIMIZERS["adam"](),
                           edit=halve_lr_at(4)))
 
 
@@ -137,18 +101,18 @@ def reload_state_at(step):
 
 def test_optimizer_state_reloaded_mid_run_is_honoured():
     elbo = JitTrace_ELBO(backend="eager")
-    ours = run(elbo, case("plate"), OPTIMIZERS["adam"](), edit=reload_state_at(4))
-    assert_same(ours, run(Trace_ELBO(), case("plate"), OPTIMIZERS["adam"](),
+    ours = run_svi(elbo, case("plate"), OPTIMIZERS["adam"](), edit=reload_state_at(4))
+    assert_same_run(ours, run_svi(Trace_ELBO(), case("plate"), OPTIMIZERS["adam"](),
                           edit=reload_state_at(4)))
 
 
 def test_an_optimizer_without_compiled_update_keeps_eager_updates():
     elbo = JitTrace_ELBO(backend="eager")
     rmsprop = lambda: pyro.optim.RMSprop({"lr": 0.01})  # noqa: E731
-    ours = run(elbo, case("plate"), rmsprop())
-    assert "RMSprop has no compiled update" in the_step(elbo).optim_reason
-    assert [k[-1] for k in the_step(elbo).graphs] == [None]  # loss and grads compiled
-    assert_same(ours, run(Trace_ELBO(), case("plate"), rmsprop()))
+    ours = run_svi(elbo, case("plate"), rmsprop())
+    assert "RMSprop has no compiled update" in compiled_step(elbo).optim_reason
+    assert [k[-1] for k in compiled_step(elbo).graphs] == [None]  # loss and grads compiled
+    assert_same_run(ours, run_svi(Trace_ELBO(), case("plate"), rmsprop()))
 
 
 def test_unsupported_optimizer_options_are_named():
@@ -189,7 +153,7 @@ def test_a_failed_compiled_step_changes_no_param_and_no_optimizer_state():
         svi.step(torch.tensor([1.0, float("inf"), 0.0]))
     after = ({k: v.detach().clone() for k, v in pyro.get_param_store().items()},
              optim.get_state())
-    assert_same(([0.0], *after), ([0.0], *before))
+    assert_same_run(SviRun([0.0], *after), SviRun([0.0], *before))
     # and the next good step continues exactly like an eager run that never failed
     pyro.set_rng_seed(5)
     ours = svi.step(torch.ones(3))
@@ -260,9 +224,10 @@ def test_compiled_renyi_step_equals_eager_renyi_step(name, vectorize):
     if vectorize:
         kwargs.update(vectorize_particles=True, max_plate_nesting=2)
     elbo = pyro_svi_ext.JitRenyiELBO(backend="eager", **kwargs)
-    ours = run(elbo, case(name), OPTIMIZERS["adam"]())
+    ours = run_svi(elbo, case(name), OPTIMIZERS["adam"]())
     assert_whole_step_compiled(elbo)
-    assert_same(ours, run(pyro_svi_ext.RenyiELBO(**kwargs), case(name), OPTIMIZERS["adam"]()))
+    assert_same_run(ours, run_svi(pyro_svi_ext.RenyiELBO(**kwargs), case(name),
+                                  OPTIMIZERS["adam"]()))
 
 
 AVERAGE = "__baseline_avg_downstream_cost_"
@@ -277,13 +242,13 @@ def test_decaying_average_baselines_are_state_of_the_compiled_step(optim, name, 
     RMSprop's eager update), and they follow the eager step's values."""
     make = {"adam": OPTIMIZERS["adam"], "rmsprop": lambda: pyro.optim.RMSprop({"lr": 0.01})}
     elbo = pyro_svi_ext.JitTraceGraph_ELBO(backend=backend)
-    ours = run(elbo, case(name), make[optim](), steps=6)
-    step = the_step(elbo)
+    ours = run_svi(elbo, case(name), make[optim](), steps=6)
+    step = compiled_step(elbo)
     assert step.dynamic_reason is None and step.graphs
     assert step.side_names and all(n.startswith(AVERAGE) for n in step.side_names)
     assert (step.optim_reason is None) is (optim == "adam")
-    theirs = run(pyro_svi_ext.TraceGraph_ELBO(), case(name), make[optim](), steps=6)
-    assert_same(ours, theirs)
+    theirs = run_svi(pyro_svi_ext.TraceGraph_ELBO(), case(name), make[optim](), steps=6)
+    assert_same_run(ours, theirs)
     averages = {k: v for k, v in ours[1].items() if k.startswith(AVERAGE)}
     assert averages and all(bool(v.abs().sum() > 0) for v in averages.values())
 
@@ -311,9 +276,9 @@ def test_inductor_is_exact_on_the_history_2_hmm():
     inductor backend turns it off, so the graph compiles and matches the eager step."""
     kwargs = {"max_plate_nesting": 0}
     elbo = JitTraceEnum_ELBO(backend="inductor", **kwargs)
-    ours = run(elbo, case("hmm_history2"), OPTIMIZERS["adam"](), steps=4)
+    ours = run_svi(elbo, case("hmm_history2"), OPTIMIZERS["adam"](), steps=4)
     assert_whole_step_compiled(elbo)
-    assert_same(ours, run(TraceEnum_ELBO(**kwargs), case("hmm_history2"),
+    assert_same_run(ours, run_svi(TraceEnum_ELBO(**kwargs), case("hmm_history2"),
                           OPTIMIZERS["adam"](), steps=4))
 
 
@@ -327,6 +292,7 @@ def test_inductor_is_exact_on_the_history_2_hmm():
 def test_inductor_whole_step_equals_eager_step_for_each_estimator(compiled, eager, name,
                                                                   kwargs):
     elbo = compiled(backend="inductor", **kwargs)
-    ours = run(elbo, case(name), OPTIMIZERS["clipped_adam"](), steps=5)
+    ours = run_svi(elbo, case(name), OPTIMIZERS["clipped_adam"](), steps=5)
     assert_whole_step_compiled(elbo)
-    assert_same(ours, run(eager(**kwargs), case(name), OPTIMIZERS["clipped_adam"](), steps=5))
+    assert_same_run(ours, run_svi(eager(**kwargs), case(name), OPTIMIZERS["clipped_adam"](),
+                                  steps=5))

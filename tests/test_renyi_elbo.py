@@ -6,7 +6,7 @@ import pyro.infer
 import pytest
 import torch
 from cases import CASES, GRAPH_CASES, Case
-from parity import assert_same, run_loss_and_grads
+from parity import assert_same_loss_and_grads, run_loss_and_grads
 from pyro.distributions import constraints
 
 import pyro_svi_ext
@@ -27,7 +27,7 @@ def test_loss_and_grads_match_pyro(case, alpha, num_particles):
     ours = run_loss_and_grads(RenyiELBO(**kwargs), case, 0)
     theirs = run_loss_and_grads(pyro.infer.RenyiELBO(**kwargs), case, 0)
     assert theirs[1]
-    assert_same(ours, theirs)
+    assert_same_loss_and_grads(ours, theirs)
 
 
 @pytest.mark.parametrize("name", sorted(VECTORIZABLE))
@@ -41,7 +41,7 @@ def test_vectorized_particles_match_pyro(name, alpha, num_particles):
     for seed in (0, 1):
         ours = run_loss_and_grads(RenyiELBO(**kwargs), case, seed)
         theirs = run_loss_and_grads(pyro.infer.RenyiELBO(**kwargs), case, seed)
-        assert_same(ours, theirs)
+        assert_same_loss_and_grads(ours, theirs)
 
 
 @pytest.mark.parametrize("case", SHAPES[:6], ids=repr)

@@ -10,7 +10,7 @@ import pyro.infer
 import pytest
 import torch
 from cases import CASES, ENUM_CASES, GRAPH_CASES
-from parity import assert_same, run_loss_and_grads
+from parity import assert_same_loss_and_grads, run_loss_and_grads
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 from pyro.ops.indexing import Vindex
@@ -39,7 +39,7 @@ def test_loss_and_grads_match_pyro(case, seed):
     ours = run_loss_and_grads(TraceEnum_ELBO(**case.elbo_kwargs), case, seed)
     theirs = run_loss_and_grads(pyro.infer.TraceEnum_ELBO(**case.elbo_kwargs), case, seed)
     assert theirs[1]
-    assert_same(ours, theirs)
+    assert_same_loss_and_grads(ours, theirs)
 
 
 @pytest.mark.parametrize("case", ENUM_CASES, ids=repr)
@@ -48,7 +48,7 @@ def test_differentiable_loss_and_loss_match_pyro(case):
         ours = run_loss_and_grads(TraceEnum_ELBO(**case.elbo_kwargs), case, 2, method)
         theirs = run_loss_and_grads(pyro.infer.TraceEnum_ELBO(**case.elbo_kwargs), case, 2,
                                     method)
-        assert_same(ours, theirs)
+        assert_same_loss_and_grads(ours, theirs)
 
 
 # --- exactness on small discrete models (float64) ----------------------------------------

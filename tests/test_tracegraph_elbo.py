@@ -6,9 +6,10 @@ import pyro.infer
 import pyro.optim
 import pytest
 import torch
-from cases import CASES, GRAPH_CASES
-from parity import assert_same, run_loss_and_grads
+from cases import CASES, GRAPH_CASES, pick
+from parity import assert_same_loss_and_grads, run_loss_and_grads
 from pyro.distributions import constraints
+from svi_runs import assert_same_run, run_svi
 
 import pyro_svi_ext
 from pyro_svi_ext import SVI, Trace_ELBO, TraceGraph_ELBO
@@ -22,7 +23,7 @@ def test_loss_and_grads_match_pyro(case, seed):
     ours = run_loss_and_grads(TraceGraph_ELBO(**case.elbo_kwargs), case, seed)
     theirs = run_loss_and_grads(pyro.infer.TraceGraph_ELBO(**case.elbo_kwargs), case, seed)
     assert theirs[1]
-    assert_same(ours, theirs)
+    assert_same_loss_and_grads(ours, theirs)
 
 
 @pytest.mark.parametrize("case", GRAPH_CASES, ids=repr)
@@ -33,26 +34,16 @@ def test_loss_matches_pyro(case):
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
 
 
-def _svi_run(svi_cls, elbo, case, steps=12):
-    pyro.clear_param_store()
-    model, guide, args = case.build()
-    pyro.set_rng_seed(0)
-    svi = svi_cls(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
-    losses = [svi.step(*args) for _ in range(steps)]
-    return losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-
-
-@pytest.mark.parametrize("case", [GRAPH_CASES[i] for i in (4, 6, 7)], ids=repr)
+@pytest.mark.parametrize("case", pick("baseline_decaying_average", "baseline_nn",
+                                      "baseline_nn_and_average"), ids=repr)
 def test_baselines_train_like_pyro_over_several_steps(case):
     """Decaying averages and neural baselines evolve as in Pyro (param store compared)."""
-    ours = _svi_run(SVI, TraceGraph_ELBO(), case)
-    theirs = _svi_run(pyro.infer.SVI, pyro.infer.TraceGraph_ELBO(), case)
-    assert ours[0] == pytest.approx(theirs[0], rel=1e-5, abs=1e-5)
-    assert ours[1].keys() == theirs[1].keys()
-    baselines = [k for k in theirs[1] if "baseline" in k]
-    assert baselines, "the case must create baseline state"
-    for name in theirs[1]:
-        torch.testing.assert_close(ours[1][name], theirs[1][name], rtol=1e-5, atol=1e-6)
+    ours = run_svi(TraceGraph_ELBO(), case, steps=12)
+    theirs = run_svi(pyro.infer.TraceGraph_ELBO(), case, steps=12, svi_cls=pyro.infer.SVI)
+    assert [k for k in theirs.params if "baseline" in k], "the case must create baselines"
+    # Pyro's optimizer also holds (never-used) state for the averages, which it reads
+    # with pyro.param inside SVI's param capture; the averages themselves must agree
+    assert_same_run(ours, theirs, optimizer_state=False)
 
 
 def _one_site(baseline):
