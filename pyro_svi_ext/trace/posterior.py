@@ -79,7 +79,7 @@ def fit_to_data(trace, data_trace) -> None:
     for name, site in trace.iter_stochastic_nodes():
         fresh = data_trace.nodes[name]
         if is_subsample(site["fn"]):
-            site["fn"], site["value"] = fresh["fn"], fresh["value"]
+            site["value"] = fresh["value"]
         old_frames, site["cond_indep_stack"] = site["cond_indep_stack"], fresh["cond_indep_stack"]
         site["fn"] = fresh["fn"]
         for old, new in zip(old_frames, site["cond_indep_stack"], strict=True):
