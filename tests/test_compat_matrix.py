@@ -71,7 +71,7 @@ def test_a_perturbed_pin_fails_naming_cell_scenario_and_quantity(here_results, t
 
 def test_run_command_reports_a_perturbed_pin(tmp_path):
     pins = load_pins()
-    pins["scenarios"]["hmm_enum"]["ours.grads"]["value"]["locs"][0] += 1.0
+    pins["scenarios"]["hmm_enum"]["ours.grads"]["value"]["locs_loc"][0] += 1.0
     perturbed = tmp_path / "pins.json"
     perturbed.write_text(json.dumps(pins))
     proc = subprocess.run(

@@ -9,10 +9,10 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
-from cases import CASES, ENUM_CASES, GRAPH_CASES
 from svi_runs import assert_same_run, compiled_step, run_svi
 
 import pyro_svi_ext
+from compat_matrix.catalogue import CASES, ENUM_CASES, GRAPH_CASES
 from pyro_svi_ext import (
     SVI,
     JitTrace_ELBO,

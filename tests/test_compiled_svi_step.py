@@ -8,11 +8,11 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
-from cases import CASES, ENUM_CASES, GRAPH_CASES
 from pyro.distributions import constraints
 from svi_runs import SviRun, assert_same_run, compiled_step, run_svi
 
 import pyro_svi_ext
+from compat_matrix.catalogue import CASES, ENUM_CASES, GRAPH_CASES
 from pyro_svi_ext import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro_svi_ext.compile import unsupported_reason
 

@@ -5,11 +5,11 @@ import pyro.distributions as dist
 import pyro.infer
 import pytest
 import torch
-from cases import CASES, GRAPH_CASES, Case
 from parity import assert_same_loss_and_grads, run_loss_and_grads
 from pyro.distributions import constraints
 
 import pyro_svi_ext
+from compat_matrix.catalogue import CASES, GRAPH_CASES, Case
 from pyro_svi_ext import RenyiELBO
 
 NAMES = ["single_site", "to_event", "plate", "nested_plates", "mask", "poutine_scale",

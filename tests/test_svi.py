@@ -8,11 +8,11 @@ import pyro.infer
 import pyro.optim
 import pytest
 import torch
-from cases import pick
 from pyro.distributions import constraints
 from svi_runs import assert_same_run, run_svi
 
 import pyro_svi_ext
+from compat_matrix.catalogue import pick
 from pyro_svi_ext import SVI, Trace_ELBO
 
 

@@ -2,10 +2,10 @@
 
 import pyro.infer
 import pytest
-from cases import CASES
 from parity import assert_same_loss_and_grads, run_loss_and_grads
 
 import pyro_svi_ext
+from compat_matrix.catalogue import CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)

@@ -9,13 +9,13 @@ import pyro.distributions as dist
 import pyro.infer
 import pytest
 import torch
-from cases import CASES, ENUM_CASES, GRAPH_CASES
 from parity import assert_same_loss_and_grads, run_loss_and_grads
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 from pyro.ops.indexing import Vindex
 
 import pyro_svi_ext
+from compat_matrix.catalogue import CASES, ENUM_CASES, GRAPH_CASES
 from pyro_svi_ext import TraceEnum_ELBO
 from pyro_svi_ext.trace import TracePair
 from pyro_svi_ext.trace.backward_sample import BackwardSampleMessenger

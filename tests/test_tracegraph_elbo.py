@@ -6,12 +6,12 @@ import pyro.infer
 import pyro.optim
 import pytest
 import torch
-from cases import CASES, GRAPH_CASES, pick
 from parity import assert_same_loss_and_grads, run_loss_and_grads
 from pyro.distributions import constraints
 from svi_runs import assert_same_run, run_svi
 
 import pyro_svi_ext
+from compat_matrix.catalogue import CASES, GRAPH_CASES, pick
 from pyro_svi_ext import SVI, Trace_ELBO, TraceGraph_ELBO
 
 ALL_CASES = GRAPH_CASES + CASES

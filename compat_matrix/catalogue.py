@@ -1,4 +1,6 @@
-"""Model/guide pairs used to compare the package's estimators with Pyro's own.
+"""The one catalogue of model/guide pairs: the test suite compares the package's
+estimators with Pyro's own on them, and the compatibility matrix's built-in scenarios
+are built from them.
 
 Each case builds fresh callables (autoguides and modules keep state), with
 deterministic initial values so that two builds are identical.
@@ -285,7 +287,45 @@ def auto_mvn():
     return _regression_model, AutoMultivariateNormal(_regression_model), _regression_data()
 
 
+NORMAL_DATA = torch.tensor([1.1, 0.4, 1.9, 1.3, 0.8, 1.6, 0.2, 1.2])
+
+
+def _normal_model(data, n=8):
+    mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+    with pyro.plate("data", n if data is None else len(data)):
+        return pyro.sample("obs", dist.Normal(mu, 1.0), obs=data)
+
+
+def _normal_guide(data, n=8):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+def normal_normal():
+    """Conjugate Normal-Normal; ``model(None, n)`` predicts ``n`` new observations."""
+    return _normal_model, _normal_guide, (NORMAL_DATA,)
+
+
+def autonormal_subsampled():
+    """AutoNormal on a subsampled plate (the plate handling that changed between Pyro
+    1.8 and 1.9: ``frame.full_size``)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    data = torch.linspace(-1.0, 1.0, 40)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 40, subsample_size=8) as ind:
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=data[ind])
+
+    return model, AutoNormal(model), (data,)
+
+
 CASES = [
+    Case("normal_normal", normal_normal),
+    Case("autonormal_subsampled", autonormal_subsampled),
     Case("single_site", single_site),
     Case("to_event", to_event),
     Case("plate", plate),
