@@ -132,75 +132,78 @@ def clip_args(optim: pyro.optim.PyroOptim, param: torch.Tensor):
 
 
 # --- the probe ----------------------------------------------------------------------------------
-def probe() -> dict[str, str]:
-    """Exercise every accessor above against the running Pyro: ``{accessor: "ok" or the
-    error}`` (the compatibility matrix runs this in each cell)."""
+def _probe_messages() -> None:
     import pyro.distributions as dist
-    from pyro.nn import PyroModule, PyroParam
     from pyro.poutine import trace
 
-    results: dict[str, str] = {}
+    def model():
+        with pyro.plate("p", 3, subsample_size=2):
+            pyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
 
-    def check(name: str, fn: Callable[[], object]) -> None:
+    nodes = trace(pyro.poutine.enum(model, first_available_dim=-2)).get_trace().nodes
+    assert is_subsample(nodes["p"]["fn"]) and not is_subsample(nodes["z"]["fn"])
+    assert enumerate_dim(nodes["z"]["infer"]) == -2
+    assert -2 in dim_ids(nodes["z"]["infer"])
+    assert not hidden_from_traces(nodes["z"]["infer"])
+
+
+def _probe_store() -> None:
+    pyro.clear_param_store()
+    pyro.param("a", torch.ones(2))
+    assert set(store_tensors()) == {"a"}
+    with store_serving(["a"], [torch.zeros(2)]):
+        assert float(pyro.param("a").detach().sum()) == 0.0
+    assert float(pyro.param("a").detach().sum()) == 2.0
+
+
+def _probe_modules() -> None:
+    import pyro.distributions as dist
+    from pyro.nn import PyroModule, PyroParam
+
+    pyro.clear_param_store()
+    with modules_read_from_store():
+        pyro.module("net", torch.nn.Linear(2, 1))
+    assert "net$$$weight" in store_tensors()
+
+    class Scaled(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.scale = PyroParam(torch.ones(1), dist.constraints.positive)
+
+        def forward(self):
+            return self.scale
+
+    scaled = Scaled()
+    scaled()
+    ((sub, name, key),) = list(pyro_module_slots(scaled))
+    assert (name, key) == ("scale", "scale_unconstrained")
+    set_module_parameter(sub, key, get_module_parameter(sub, key))
+
+
+def _probe_optimizers() -> None:
+    pyro.clear_param_store()
+    optim = pyro.optim.Adam({"lr": 0.1}, {"clip_norm": 1.0})
+    p = pyro.param("b", torch.ones(2)).unconstrained()
+    p.grad = torch.ones(2)
+    optim([p])
+    assert optim_constructor(optim) is torch.optim.Adam
+    assert p in per_param_optimizers(optim)
+    assert callable(clip_args(optim, p))
+
+
+_PROBES = {"messages": _probe_messages, "param store": _probe_store,
+           "pyro.module / PyroModule": _probe_modules, "PyroOptim": _probe_optimizers}
+
+
+def probe() -> dict[str, str]:
+    """Exercise every accessor above against the running Pyro: ``{group: "ok" or the
+    error}`` (the compatibility matrix runs this in each cell)."""
+    results: dict[str, str] = {}
+    for name, check in _PROBES.items():
         try:
-            fn()
+            check()
             results[name] = "ok"
         except Exception as err:  # a report, not a crash
             results[name] = f"{type(err).__name__}: {err}"
-
-    def messages():
-        def model():
-            with pyro.plate("p", 3, subsample_size=2):
-                pyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
-
-        enumerated = pyro.poutine.enum(model, first_available_dim=-2)
-        nodes = trace(enumerated).get_trace().nodes
-        assert is_subsample(nodes["p"]["fn"]) and not is_subsample(nodes["z"]["fn"])
-        assert enumerate_dim(nodes["z"]["infer"]) == -2
-        assert -2 in dim_ids(nodes["z"]["infer"])
-        assert not hidden_from_traces(nodes["z"]["infer"])
-
-    def store():
-        pyro.clear_param_store()
-        pyro.param("a", torch.ones(2))
-        assert set(store_tensors()) == {"a"}
-        with store_serving(["a"], [torch.zeros(2)]):
-            assert float(pyro.param("a").detach().sum()) == 0.0
-        assert float(pyro.param("a").detach().sum()) == 2.0
-
-    def modules():
-        pyro.clear_param_store()
-        net = torch.nn.Linear(2, 1)
-        with modules_read_from_store():
-            pyro.module("net", net)
-        assert "net$$$weight" in store_tensors()
-
-        class Scaled(PyroModule):
-            def __init__(self):
-                super().__init__()
-                self.scale = PyroParam(torch.ones(1), dist.constraints.positive)
-
-            def forward(self):
-                return self.scale
-
-        scaled = Scaled()
-        scaled()
-        (slot,) = [s for s in pyro_module_slots(scaled)]
-        assert slot[1] == "scale" and slot[2] == "scale_unconstrained"
-        set_module_parameter(slot[0], slot[2], get_module_parameter(slot[0], slot[2]))
-
-    def optimizers():
-        pyro.clear_param_store()
-        optim = pyro.optim.Adam({"lr": 0.1}, {"clip_norm": 1.0})
-        p = pyro.param("b", torch.ones(2)).unconstrained()
-        p.grad = torch.ones(2)
-        optim([p])
-        assert optim_constructor(optim) is torch.optim.Adam
-        assert p in per_param_optimizers(optim)
-        assert callable(clip_args(optim, p))
-
-    for name, fn in (("messages", messages), ("param store", store),
-                     ("pyro.module / PyroModule", modules), ("PyroOptim", optimizers)):
-        check(name, fn)
     pyro.clear_param_store()
     return results

@@ -31,17 +31,7 @@ def check_pairing(model: dict[str, Site], guide: dict[str, Site], enumerated_ok:
     - a ``pyro.factor`` in the guide without ``has_rsample``: ``ValueError``.
     """
     latent = {n for n, s in model.items() if not s.is_observed}
-    auxiliary = {n for n, s in guide.items() if s.infer.get("is_auxiliary")}
-    extra = set(guide) - latent - auxiliary
-    if extra:
-        warnings.warn(
-            f"Found non-auxiliary vars in guide but not model: {sorted(extra)}; mark them "
-            "infer={'is_auxiliary': True} if they are meant to be auxiliary",
-            stacklevel=4,
-        )
-    if auxiliary & latent:
-        warnings.warn(f"Found auxiliary vars in the model: {sorted(auxiliary & latent)}",
-                      stacklevel=4)
+    _check_guide_sites(latent, guide)
     missing = latent - set(guide)
     if enumerated_ok:
         missing = {n for n in missing if enumerate_dim(model[n].infer) is None}
@@ -61,6 +51,23 @@ def check_pairing(model: dict[str, Site], guide: dict[str, Site], enumerated_ok:
     if extra_plates:
         warnings.warn(f"Found plate statements in guide but not model: {sorted(extra_plates)}",
                       stacklevel=4)
+
+
+def _check_guide_sites(latent: set, guide: dict[str, Site]) -> None:
+    """Warnings for guide sites the model lacks (not auxiliary) and auxiliary sites the
+    model samples; ``ValueError`` for a ``pyro.factor`` in the guide without
+    ``has_rsample``."""
+    auxiliary = {n for n, s in guide.items() if s.infer.get("is_auxiliary")}
+    extra = set(guide) - latent - auxiliary
+    if extra:
+        warnings.warn(
+            f"Found non-auxiliary vars in guide but not model: {sorted(extra)}; mark them "
+            "infer={'is_auxiliary': True} if they are meant to be auxiliary",
+            stacklevel=5,
+        )
+    if auxiliary & latent:
+        warnings.warn(f"Found auxiliary vars in the model: {sorted(auxiliary & latent)}",
+                      stacklevel=5)
     for name, site in guide.items():
         if (site.infer.get("is_auxiliary") and type(site.fn).__name__ == "Unit"
                 and "has_rsample" not in vars(site.fn)):
