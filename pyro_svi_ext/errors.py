@@ -19,3 +19,8 @@ class NonFiniteLossError(ValueError):
 
 class EmptyPosteriorError(ValueError):
     """A posterior was read before it collected any trace (call ``.run(...)`` first)."""
+
+
+class NonFiniteLossWarning(UserWarning):
+    """A loss came out NaN or infinite without pyro validation (the estimator's notice),
+    or :class:`~pyro_svi_ext.SVI` skipped a step for it."""

@@ -18,7 +18,7 @@ import pyro
 import torch
 from pyro.poutine.util import is_validation_enabled
 
-from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators.pyro_hooks import PyroHooks
 from pyro_svi_ext.kernels import float64_total
 from pyro_svi_ext.protocol import CompileFacts, Estimate, Estimator, StepResult
@@ -205,7 +205,7 @@ class ELBO(PyroHooks, Estimator):
             bad = [s for p in pairs for s in nonfinite_sites(p.model, p.guide)]
             raise NonFiniteLossError(loss, sorted(set(bad)))
         warnings.warn(f"{self.estimator_name}: encountered non-finite loss {loss}",
-                      stacklevel=4)
+                      NonFiniteLossWarning, stacklevel=4)
 
     @contextmanager
     def tracing(self, facts: CompileFacts, side_state: dict):

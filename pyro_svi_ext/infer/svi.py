@@ -3,13 +3,18 @@ ELBO-like object or callable loss), with Pyro optimizers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import pyro
 import pyro.optim
 import torch
+from pyro.poutine.util import is_validation_enabled
 
+from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators.base import ELBO
+from pyro_svi_ext.infer.fit import Convergence, LossHistory, train
 from pyro_svi_ext.infer.optim_step import FusedStep
 from pyro_svi_ext.infer.trace_posterior import TracePosterior
 from pyro_svi_ext.trace import SiteRecorder, posterior_trace
@@ -43,6 +48,12 @@ class SVI(TracePosterior):
         ``loss(...).backward()``.
     :param int num_samples: traces :meth:`run` collects after training.
     :param int num_steps: steps :meth:`run` takes before collecting.
+    :param nonfinite: what a step with a non-finite loss does: ``"raise"``
+        (:class:`~pyro_svi_ext.errors.NonFiniteLossError`, nothing changed), ``"skip"``
+        (no update, a :class:`~pyro_svi_ext.errors.NonFiniteLossWarning`) or ``"stop"``
+        (as ``"skip"``, and :meth:`fit` ends). Default: ``"raise"`` under pyro validation,
+        ``"skip"`` without (Pyro applies the non-finite update; eager and compiled steps
+        behave alike here under every policy). Keyword-only.
 
     :meth:`step` is transactional: if the model, guide or loss raises (including
     :class:`~pyro_svi_ext.errors.NonFiniteLossError` under pyro validation), params
@@ -59,6 +70,8 @@ class SVI(TracePosterior):
         loss_and_grads: Callable | None = None,
         num_samples: int = 10,
         num_steps: int = 0,
+        *,
+        nonfinite: str | None = None,
         **kwargs,
     ):
         if not isinstance(optim, pyro.optim.PyroOptim):
@@ -66,7 +79,16 @@ class SVI(TracePosterior):
                 f"optim must be a pyro.optim.PyroOptim (e.g. pyro.optim.Adam({{'lr': 1e-2}})), "
                 f"got {type(optim).__name__}"
             )
+        if nonfinite not in (None, "raise", "skip", "stop"):
+            raise ValueError(f"nonfinite must be 'raise', 'skip', 'stop' or None, got "
+                             f"{nonfinite!r}")
         super().__init__(**kwargs)
+        self.nonfinite = nonfinite
+        #: why training should end (set by a step under ``nonfinite="stop"``)
+        self.stop_reason: str | None = None
+        #: the losses of the last :meth:`fit` or :meth:`run`
+        self.losses = LossHistory()
+        self.loss_fn = loss
         self.model = model
         self.guide = guide
         self.optim = optim
@@ -100,15 +122,37 @@ class SVI(TracePosterior):
         return loss, recorder.params
 
     def step(self, *args, **kwargs) -> float:
-        """One gradient step; returns the loss estimate (float) before the step."""
-        if self._stepper is not None:
-            value = self._stepper.whole_step(self.optim, args, kwargs)
-            if value is not None:
-                return value
-        return self._eager_step(args, kwargs)
+        """One gradient step; returns the loss estimate (float) before the step. A
+        non-finite loss follows the ``nonfinite`` policy (see the class)."""
+        return self._step(args, kwargs, whole=self._stepper is not None)
+
+    def _step(self, args: tuple, kwargs: dict, whole: bool) -> float:
+        policy = self.nonfinite or ("raise" if is_validation_enabled() else "skip")
+        try:
+            with warnings.catch_warnings():
+                if policy != "raise":  # the policy says it once, below
+                    warnings.simplefilter("ignore", NonFiniteLossWarning)
+                value = self._stepper.whole_step(self.optim, args, kwargs) if whole else None
+                if value is None:
+                    value = self._eager_step(args, kwargs)
+        except NonFiniteLossError as err:
+            if policy == "raise":
+                raise
+            value = err.loss
+        if isinstance(value, tuple) or math.isfinite(value):
+            return value
+        if policy == "raise":  # without validation nothing raised yet; nothing changed
+            raise NonFiniteLossError(value, [])
+        warnings.warn(f"SVI: non-finite loss {value}: the step changed nothing"
+                      + ("; training stops" if policy == "stop" else ""),
+                      NonFiniteLossWarning, stacklevel=2)
+        if policy == "stop":
+            self.stop_reason = f"non-finite loss {value}"
+        return value
 
     def _eager_step(self, args: tuple, kwargs: dict) -> float:
-        """Loss and gradients (eager or a compiled graph), then the optimizer's step."""
+        """Loss and gradients (eager or a compiled graph), then the optimizer's step
+        (none when the loss is not finite)."""
         store = pyro.get_param_store()
         names_before = set(store.keys())
         try:
@@ -120,13 +164,15 @@ class SVI(TracePosterior):
         # one update per tensor, also when a tensor has two param-store names (one
         # network registered by pyro.module under two names), as in Pyro
         tensors = list({id(p): p for p in params.values()}.values())
+        value = _as_float(loss)
         try:
-            self._optim_step(tensors)
+            if isinstance(value, tuple) or math.isfinite(value):
+                self._optim_step(tensors)
         finally:
             grads = [p.grad for p in tensors if p.grad is not None]
             if grads:
                 torch._foreach_zero_(grads)
-        return _as_float(loss)
+        return value
 
     def step_tensor(self, *args, **kwargs) -> torch.Tensor:
         """Like :meth:`step`, but the loss comes back as a 0-dim tensor. When the
@@ -139,17 +185,39 @@ class SVI(TracePosterior):
             value = self._stepper.whole_step(self.optim, args, kwargs, lazy=True)
             if value is not None:
                 return value
-        return torch.tensor(self._eager_step(args, kwargs))
+        return torch.tensor(self._step(args, kwargs, whole=False))
 
     def evaluate_loss(self, *args, **kwargs) -> float:
         """The loss estimate without gradients (float)."""
         with torch.no_grad():
             return _as_float(self.loss(self.model, self.guide, *args, **kwargs))
 
+    def fit(self, num_steps: int, *args, progress_bar: bool | None = None,
+            callbacks: Sequence[Callable] = (), convergence: Convergence | None = None,
+            **kwargs) -> LossHistory:
+        """Take up to ``num_steps`` steps with ``(*args, **kwargs)``; returns the losses
+        (a :class:`~pyro_svi_ext.infer.fit.LossHistory`, also kept as ``svi.losses``).
+
+        :param progress_bar: a tqdm bar with the running loss (the mean of the last 100
+            losses); default: on when stderr is a terminal.
+        :param callbacks: ``callback(svi, step, loss)`` after each step; one that returns
+            True ends training.
+        :param convergence: a :class:`~pyro_svi_ext.infer.fit.Convergence` (relative
+            change of the windowed mean loss) that ends training once reached.
+
+        ``ValueError`` for a negative or non-integer ``num_steps``. Training also ends
+        on a non-finite loss under ``nonfinite="stop"``; ``losses.stop_reason`` says why
+        it ended early."""
+        self.stop_reason = None
+        self.losses = train(self, num_steps, args, kwargs, progress_bar, callbacks,
+                            convergence)
+        return self.losses
+
     def run(self, *args, **kwargs) -> SVI:
-        """Take ``num_steps`` steps, then collect ``num_samples`` posterior traces."""
-        for _ in range(self.num_steps):
-            self.step(*args, **kwargs)
+        """Take ``num_steps`` steps (a progress bar on a terminal; losses kept in
+        ``svi.losses``), then collect ``num_samples`` posterior traces."""
+        if self.num_steps:
+            self.fit(self.num_steps, *args, **kwargs)
         return super().run(*args, **kwargs)
 
     def _traces(self, *args, **kwargs) -> Iterator:
