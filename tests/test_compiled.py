@@ -2,7 +2,10 @@
 safe fallback for models that cannot be traced."""
 
 import dataclasses
+import subprocess
+import sys
 import types
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -12,7 +15,7 @@ import torch
 from svi_runs import assert_same_run, compiled_step, run_svi
 
 import pyro_svi_ext
-from compat_matrix.catalogue import CASES, ENUM_CASES, GRAPH_CASES
+from compat_matrix.catalogue import CASES, ENUM_CASES, GRAPH_CASES, pick
 from pyro_svi_ext import (
     SVI,
     JitTrace_ELBO,
@@ -24,6 +27,7 @@ from pyro_svi_ext import (
     registry,
 )
 from pyro_svi_ext.compile import StructureChangedError
+from pyro_svi_ext.compile.step import RecompileWarning
 
 EAGER_OF = {JitTrace_ELBO: Trace_ELBO, JitTraceEnum_ELBO: TraceEnum_ELBO,
             JitTraceGraph_ELBO: TraceGraph_ELBO,
@@ -112,12 +116,17 @@ def plate_model(data):
         pyro.sample("x", dist.Normal(mu, 1.0), obs=data)
 
 
-def test_a_shape_change_recompiles_or_raises_by_option():
+def test_a_shape_change_recompiles_with_a_warning_naming_it_or_raises_by_option():
     elbo = JitTrace_ELBO(backend="eager")
     pyro.set_rng_seed(1)
-    for n in (3, 3, 5, 5, 3):
-        loss = elbo.loss_and_grads(plate_model, mu_guide, torch.ones(n))
-        assert isinstance(loss, float)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for n in (3, 3, 5, 5, 3):
+            loss = elbo.loss_and_grads(plate_model, mu_guide, torch.ones(n))
+            assert isinstance(loss, float)
+    (again,) = [w for w in seen if issubclass(w.category, RecompileWarning)]
+    assert "compiling again: argument #0 changed from ((3,)" in str(again.message)
+    assert "to ((5,)" in str(again.message)
     assert compiled_step(elbo).compiles == 2
     strict = JitTrace_ELBO(backend="eager", on_change="raise")
     strict.loss_and_grads(plate_model, mu_guide, torch.ones(3))
@@ -270,7 +279,7 @@ def test_auto_backend_drops_a_failing_backend_and_stays_exact(failure, monkeypat
     monkeypatch.setitem(backends.BACKENDS, "inductor", backends.Backend("inductor", broken))
     (case,) = [c for c in CASES if c.name == "nested_plates"]
     elbo = JitTrace_ELBO()  # backend="auto"
-    with pytest.warns(RuntimeWarning, match="compile backend inductor: .*using 'jit'"):
+    with pytest.warns(RuntimeWarning, match="compile backends failed: inductor: .*using 'jit'"):
         ours = run_svi(elbo, case)
     assert compiled_step(elbo).backend.name == "jit" and compiled_step(elbo).graphs
     assert_same_run(ours, run_svi(Trace_ELBO(), case))
@@ -293,3 +302,53 @@ def test_inductor_compiles_large_graphs_with_a_lifted_recursion_limit():
     with _recursion_limit_for(gm):
         assert sys.getrecursionlimit() >= max(before, len(gm.graph.nodes))
     assert sys.getrecursionlimit() == before
+
+
+def test_a_compile_is_logged_with_its_backend_and_time(caplog):
+    (case,) = pick("plate")
+    with caplog.at_level("INFO", logger="pyro_svi_ext.compile.step"):
+        run_svi(JitTrace_ELBO(backend="eager"), case, steps=3)
+    (record,) = [r for r in caplog.records if "compiled the" in r.getMessage()]
+    assert "whole SVI step with backend 'eager' in" in record.getMessage()
+
+
+def test_a_fallback_chain_is_one_warning_naming_each_backend(monkeypatch):
+    from pyro_svi_ext.compile import backends
+
+    def broken(reason):
+        def compile_(gm, example_inputs):
+            raise RuntimeError(reason)
+        return compile_
+
+    monkeypatch.setitem(backends.BACKENDS, "inductor",
+                        backends.Backend("inductor", broken("no C++ compiler")))
+    monkeypatch.setitem(backends.BACKENDS, "jit", backends.Backend("jit", broken("old")))
+    (case,) = pick("plate")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run_svi(JitTrace_ELBO(), case, steps=3)
+    (chain,) = [w for w in seen if "compile backends failed" in str(w.message)]
+    assert "inductor: RuntimeError: no C++ compiler; jit: RuntimeError: old; using " \
+        "'eager'" in str(chain.message)
+
+
+@pytest.mark.parametrize("backend", ["auto", "jit"])
+def test_compiled_estimators_run_under_warnings_as_errors(backend):
+    script = f"""
+import warnings, pyro, torch, pyro.distributions as dist, pyro.optim
+from pyro_svi_ext import SVI, JitTrace_ELBO
+def model(x):
+    mu = pyro.sample("mu", dist.Normal(0., 1.))
+    with pyro.plate("d", 3):
+        pyro.sample("x", dist.Normal(mu, 1.), obs=x)
+def guide(x):
+    pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(0.)), 1.))
+svi = SVI(model, guide, pyro.optim.Adam({{"lr": 0.1}}), JitTrace_ELBO(backend={backend!r}))
+for _ in range(4):
+    svi.step(torch.ones(3))
+step, = svi.loss_fn._steps.values()
+assert step.graphs and step.dynamic_reason is None, step.dynamic_reason
+"""
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ logger = logging.getLogger(__name__)
 class StructureChangedError(RuntimeError):
     """A compiled step was called with inputs it was not compiled for (and recompiling
     is disabled), or the model cannot be compiled at all."""
+
+
+class RecompileWarning(RuntimeWarning):
+    """A compiled step met inputs of another shape (or dtype, device, non-tensor value)
+    than it was compiled for, and compiles again; the message names what changed."""
 
 
 @dataclass
@@ -217,9 +223,14 @@ class CompiledStep:
         start = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             reference = gm(*inputs)
-        run = compile_checked(self.backends, writing_in_place(gm, layout), inputs, layout,
-                              reference, devices, self.jit_options,
-                              lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 8))
+        started = time.perf_counter()
+        run, backend = compile_checked(
+            self.backends, writing_in_place(gm, layout), inputs, layout, reference, devices,
+            self.jit_options, lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 8))
+        logger.info("%s: compiled the %s with backend %r in %.2f s (graph %d)",
+                    type(self.elbo).__name__,
+                    "whole SVI step" if layout.whole_step else "loss and gradients",
+                    backend, time.perf_counter() - started, self.compiles)
         eager = self._eager_reference(params, side, args, kwargs)
         loss, grads, new_values = layout.split_outputs(reference)
         traced_side = new_values[len(new_values) - layout.n_side:] if layout.n_side else []
@@ -250,9 +261,14 @@ class CompiledStep:
                 return graph, graph.run(*graph.layout.inputs(params, state, side, args))
             finally:
                 torch._C._set_grad_enabled(grad_was)
-        if self.graphs and self.on_change == "raise":
-            raise StructureChangedError(describe_change(
-                self.graphs.newest_key(), key, self.param_names, self.side_names))
+        if self.graphs:
+            change = describe_change(self.graphs.newest_key(), key, self.param_names,
+                                     self.side_names)
+            if self.on_change == "raise":
+                raise StructureChangedError(change)
+            self._notify(f"{type(self.elbo).__name__}: compiling again: {change} (graph "
+                         f"{self.compiles + 1}; pass those inputs with a fixed shape, or "
+                         "on_change='raise' to stop here)", 6, RecompileWarning)
         layout = StepLayout.of(len(params), plan, len(side), args)
         try:
             graph, outputs = self._compile_and_verify(
@@ -364,10 +380,11 @@ class CompiledStep:
         self._notify(f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
                      f"compiled ({reason})", 7)
 
-    def _notify(self, message: str, stacklevel: int) -> None:
-        """A ``RuntimeWarning``, or a log record when the estimator was built with
+    def _notify(self, message: str, stacklevel: int,
+                category: type[Warning] = RuntimeWarning) -> None:
+        """A warning, or a log record when the estimator was built with
         ``ignore_jit_warnings=True`` (what Pyro users write to silence its tracer)."""
         if self.ignore_warnings:
             logger.info(message)
         else:
-            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+            warnings.warn(message, category, stacklevel=stacklevel)

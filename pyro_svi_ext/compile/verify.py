@@ -33,8 +33,9 @@ def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
                     jit_options: dict | None, notify: Callable[[str], None]) -> Callable:
     """The first backend's compiled ``production`` graph whose outputs (and in-place
     writes, done on copies) match ``reference``, the traced graph's outputs on the same
-    draws. A failing backend is removed from ``backends`` with ``notify`` when another
-    is left; :class:`Untraceable` when none is."""
+    draws, and its name. Failing backends are removed from ``backends`` (while another
+    is left) and named, each with its reason, in one ``notify`` call;
+    :class:`Untraceable` when none is left."""
     targets = [inputs[i] for i in layout.written_inputs]
     n_new = len(targets)
     failures = []
@@ -60,8 +61,9 @@ def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
                             f"{str(err).splitlines()[0] if str(err) else ''}")
             if len(backends) > 1:
                 backends.remove(backend)
-                notify(f"compile backend {failures[-1]}; using {backends[0].name!r}")
                 continue
-            raise Untraceable(f"backend {failures[-1]}") from err
-        return run
+            raise Untraceable("compile backends failed: " + "; ".join(failures)) from err
+        if failures:
+            notify(f"compile backends failed: {'; '.join(failures)}; using {backend.name!r}")
+        return run, backend.name
     raise Untraceable("no compile backend: " + "; ".join(failures))  # pragma: no cover

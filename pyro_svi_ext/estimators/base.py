@@ -19,6 +19,7 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
+from pyro_svi_ext.estimators.diagnostics import site_losses
 from pyro_svi_ext.estimators.pyro_hooks import PyroHooks
 from pyro_svi_ext.kernels import float64_total
 from pyro_svi_ext.protocol import CompileFacts, Estimate, Estimator, StepResult
@@ -98,6 +99,8 @@ class ELBO(PyroHooks, Estimator):
     estimator_name = "ELBO"
     #: whether the trace layer tracks which log-probs depend on non-reparameterized sites
     track_nonreparam = False
+    #: whether the loss is a sum of per-site terms (see :meth:`site_losses`)
+    additive_over_sites = True
 
     def __init__(
         self,
@@ -262,6 +265,22 @@ class ELBO(PyroHooks, Estimator):
         """What :class:`~pyro_svi_ext.SVI` calls for each step (eager here; the ``Jit*``
         estimators return their compiled step)."""
         return EagerStepper(self, model, guide)
+
+    def site_losses(self, model: Callable, guide: Callable, *args, **kwargs) -> dict:
+        """Each sample site's share of the loss on one draw (``{site:``
+        :class:`~pyro_svi_ext.estimators.diagnostics.SiteLoss` ``}``: its ``log p``, its
+        ``log q``, and its share, also per plate element); the shares sum to
+        :meth:`loss` on the same draws. For debugging a model; no gradient.
+
+        ``NotImplementedError`` for an estimator whose loss is not a sum over sites
+        (TraceEnum_ELBO sums enumerated sites jointly; RenyiELBO's bound is not a sum)."""
+        if not self.additive_over_sites:
+            raise NotImplementedError(f"{type(self).__name__}'s loss is not a sum of "
+                                      "per-site terms; use Trace_ELBO's site_losses on the "
+                                      "same model to see each site's term")
+        with torch.no_grad():
+            pairs = self.particles(model, guide, args, kwargs)
+        return site_losses(pairs, self.num_particles)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         """Negative ELBO as a tensor whose gradient is the estimator's gradient."""

@@ -38,6 +38,8 @@ class RenyiELBO(ELBO):
     score-function parts; plus those of :class:`~pyro_svi_ext.estimators.base.ELBO`.
     """
 
+    additive_over_sites = False
+
 
     def __init__(
         self,

@@ -57,6 +57,8 @@ class TraceEnum_ELBO(ELBO):
     validation, ``strict_enumeration_warning``) when nothing is enumerated.
     """
 
+    additive_over_sites = False
+
     # --- particles ------------------------------------------------------------------
     def particles(self, model: Callable, guide: Callable, args: tuple,
                   kwargs: dict) -> list[TracePair]:
