@@ -10,7 +10,7 @@ import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
 
 from pyro_svi_ext import registry
 from pyro_svi_ext.dropin import install, installed, uninstall
-from pyro_svi_ext.errors import NonFiniteLossError
+from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators import (
     ELBO,
     ELBOModule,
@@ -28,9 +28,11 @@ from pyro_svi_ext.estimators.jit import (
 from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.infer import (
     SVI,
+    Convergence,
     EmpiricalMarginal,
     EmptyPosteriorError,
     Importance,
+    LossHistory,
     TracePosterior,
     TracePredictive,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "SVI",
     "BackwardSampleMessenger",
     "Capabilities",
+    "Convergence",
     "ELBOModule",
     "EmpiricalMarginal",
     "EmptyPosteriorError",
@@ -55,7 +58,9 @@ __all__ = [
     "JitTraceEnum_ELBO",
     "JitTraceGraph_ELBO",
     "JitTrace_ELBO",
+    "LossHistory",
     "NonFiniteLossError",
+    "NonFiniteLossWarning",
     "RenyiELBO",
     "TraceEnum_ELBO",
     "TraceGraph_ELBO",

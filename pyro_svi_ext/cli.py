@@ -6,11 +6,26 @@ from __future__ import annotations
 import argparse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pyro_svi_ext import __version__
+
     parser = argparse.ArgumentParser(prog="pyro-svi-ext")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="Bayesian regression on the bundled diabetes data")
-    demo.add_argument("--steps", type=int, default=3000)
+    demo.add_argument("--steps", type=_positive_int, default=3000, help="SVI steps (>= 1)")
+    demo.add_argument("--plot", default="pyro_svi_ext_demo.png",
+                      help="where to write the loss curve ('' for none; needs matplotlib)")
     sub.add_parser("list", help="registered estimators with their capabilities")
     run = sub.add_parser("run", help="run a Pyro script with pyro.infer's SVI, ELBOs and "
                                      "posteriors bound to this package's (the drop-in switch)")
@@ -22,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.command == "demo":
         from pyro_svi_ext.demo import main as demo_main
 
-        demo_main(opts.steps)
+        demo_main(opts.steps, opts.plot or None)
     else:
         from pyro_svi_ext import registry
 

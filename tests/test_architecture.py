@@ -16,7 +16,7 @@ LAYERS = [
     ("estimators",),
     ("infer",),
     ("hookspecs", "plugin_api", "builtin_plugin", "registry", "interop", "dropin",
-     "pytest_plugin", "demo", "cli", "__main__", "__init__"),
+     "pytest_plugin", "viz", "inference_data", "demo", "cli", "__main__", "__init__"),
 ]
 
 

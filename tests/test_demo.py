@@ -29,3 +29,27 @@ def test_cli_list_prints_the_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "Trace_ELBO" in out and "pyro_svi_ext.builtin" in out
+
+
+def test_demo_prints_the_running_loss_the_caveat_and_writes_its_plot(capsys, tmp_path):
+    import pytest
+
+    pytest.importorskip("matplotlib", reason="the plots extra is not installed")
+    demo.main(num_steps=10, plot=str(tmp_path / "demo.png"))
+    out = capsys.readouterr().out
+    assert "10 steps" in out and "(mean of the last 10)" in out
+    assert "The mean-field guide understates" in out and "full-rank guide" in out
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_cli_refuses_zero_steps_and_says_its_version(capsys):
+    import pytest
+
+    import pyro_svi_ext
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--steps", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert pyro_svi_ext.__version__ in capsys.readouterr().out
