@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 
 from pyro_svi_ext.compile.backends import BUILTIN_BACKENDS, Backend
+from pyro_svi_ext.protocol import Estimator
 
 BUILTIN_PLUGIN = "pyro_svi_ext.builtin"
 
@@ -41,13 +42,19 @@ class Registration:
 
 
 class UnknownEstimatorError(KeyError):
-    """No estimator is registered under the name; ``matches`` lists close names."""
+    """No estimator is registered under the name; ``matches`` lists close names and
+    ``failed`` the plugins that failed to load (one of them may have held the name)."""
 
-    def __init__(self, name: str, matches: list[str], known: list[str]):
+    def __init__(self, name: str, matches: list[str], known: list[str],
+                 failed: list[str] = ()):
         self.name = name
         self.matches = matches
+        self.failed = list(failed)
         hint = f"; did you mean {', '.join(matches)}?" if matches else ""
-        super().__init__(f"no estimator named {name!r}{hint} (registered: {', '.join(known)})")
+        lost = (f"; plugins that failed to load: {', '.join(failed)} (see "
+                "pyro_svi_ext.registry.load_errors())") if failed else ""
+        super().__init__(f"no estimator named {name!r}{hint} (registered: "
+                         f"{', '.join(known)}){lost}")
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -58,10 +65,12 @@ class DuplicateEstimatorError(ValueError):
 
 
 class PluginLoadError(RuntimeError):
-    """A plugin failed to import or to register; ``plugin`` names it, ``__cause__`` says why."""
+    """A plugin failed to import or to register; ``plugin`` names it, ``__cause__`` says why,
+    ``source`` is its code (module or hook function) when known."""
 
-    def __init__(self, plugin: str, cause: BaseException):
+    def __init__(self, plugin: str, cause: BaseException, source: object = None):
         self.plugin = plugin
+        self.source = source
         super().__init__(f"plugin {plugin!r} failed to load: {type(cause).__name__}: {cause}")
         self.__cause__ = cause
 
@@ -106,13 +115,18 @@ class EstimatorRegistry:
         self._registrations.append(registration)
 
     def get(self, name: str) -> Registration:
-        """The registration for ``name``; :class:`UnknownEstimatorError` if none."""
+        """The registration for ``name``; :class:`UnknownEstimatorError` if none,
+        ``TypeError`` if ``name`` is not a string."""
+        if not isinstance(name, str):
+            raise TypeError(f"the estimator name must be a str, got {type(name).__name__} "
+                            f"{name!r}")
         registration = self._by_key.get(normalize(name))
         if registration is None:
             keys = difflib.get_close_matches(normalize(name), list(self._by_key), n=3,
                                              cutoff=0.6)
             matches = list(dict.fromkeys(self._by_key[k].name for k in keys))
-            raise UnknownEstimatorError(name, matches, [r.name for r in self._registrations])
+            raise UnknownEstimatorError(name, matches, [r.name for r in self._registrations],
+                                        [e.plugin for e in self.load_errors])
         return registration
 
     def registrations(self) -> list[Registration]:
@@ -138,8 +152,19 @@ class PluginRegistrar:
     ) -> None:
         """Register estimator class ``cls`` under ``name`` (default ``cls.__name__``).
 
-        ``DuplicateEstimatorError`` if the name or an alias is taken.
+        ``TypeError`` if ``cls`` is not an estimator class (a subclass of
+        ``pyro_svi_ext.ELBO``, or of :class:`~pyro_svi_ext.protocol.Estimator`);
+        ``DuplicateEstimatorError`` if the name or an alias is taken. A third-party
+        class's ``capabilities`` are enforced when it runs: a model they exclude (a
+        non-reparameterized guide site without ``nonreparam``, an enumerated site
+        without ``enumeration``) is a ``ValueError`` naming the site.
         """
+        if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+            raise TypeError(f"plugin {self.plugin!r} registers {cls!r}, which is not an "
+                            "estimator: subclass pyro_svi_ext.ELBO (or implement "
+                            "pyro_svi_ext.protocol.Estimator)")
+        if capabilities is not None and self.plugin != BUILTIN_PLUGIN:
+            cls.declared_capabilities = capabilities
         registration = Registration(
             name=name or cls.__name__,
             cls=cls,

@@ -39,19 +39,55 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 DISABLE_AUTOLOAD_ENV = "PYRO_SVI_EXT_DISABLE_PLUGIN_AUTOLOAD"
 
 
+def _where(obj) -> tuple[str, int]:
+    """``(file, line)`` of a plugin's function or module, for warnings that point at it."""
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        return code.co_filename, code.co_firstlineno
+    return getattr(obj, "__file__", None) or repr(obj), 1
+
+
+def _warn_at(obj, message: str) -> None:
+    """A :class:`PluginLoadWarning` attributed to the plugin's code, not the registry."""
+    filename, lineno = _where(obj)
+    warnings.warn_explicit(message, PluginLoadWarning, filename, lineno,
+                           module=getattr(obj, "__module__", None) or "pyro_svi_ext.plugin")
+
+
+def _unmarked_hooks(plugin) -> list[str]:
+    """Functions of ``plugin`` named like a hook but not decorated with ``hookimpl``
+    (pluggy ignores them: the plugin would silently do nothing)."""
+    return [n for n in dir(plugin) if n.startswith(f"{hookspecs.PROJECT}_register")
+            and callable(getattr(plugin, n))
+            and not hasattr(getattr(plugin, n), f"{hookspecs.PROJECT}_impl")]
+
+
+def _register(pm: pluggy.PluginManager, plugin, label: str, errors: list) -> None:
+    try:
+        pm.register(plugin, name=label)
+        pm.check_pending()
+    except Exception as err:
+        if pm.has_plugin(label):
+            pm.unregister(name=label)
+        errors.append(PluginLoadError(label, err, plugin))
+        return
+    for name in _unmarked_hooks(plugin):
+        _warn_at(getattr(plugin, name), f"plugin {label!r}: {name}() is not decorated with "
+                 "@pyro_svi_ext.hookimpl, so it is never called")
+
+
 def _entry_point_plugins(pm: pluggy.PluginManager) -> list[PluginLoadError]:
-    errors = []
+    errors: list = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         label = f"{ep.dist.name}:{ep.name}" if getattr(ep, "dist", None) else ep.name
         if pm.has_plugin(label):
             continue
         try:
-            pm.register(ep.load(), name=label)
-            pm.check_pending()
+            plugin = ep.load()
         except Exception as err:
-            if pm.has_plugin(label):
-                pm.unregister(name=label)
             errors.append(PluginLoadError(label, err))
+            continue
+        _register(pm, plugin, label, errors)
     return errors
 
 
@@ -75,13 +111,7 @@ def get_plugin_manager(
     errors = _entry_point_plugins(pm) if load_entrypoints else []
     for plugin in extra_plugins:
         label = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}@{id(plugin):x}"
-        try:
-            pm.register(plugin, name=label)
-            pm.check_pending()
-        except Exception as err:
-            if pm.has_plugin(label):
-                pm.unregister(name=label)
-            errors.append(PluginLoadError(label, err))
+        _register(pm, plugin, label, errors)
     return pm, errors
 
 
@@ -99,16 +129,16 @@ def build_registry(
             for registration in registrar.staged:
                 registry.add(registration)
         except Exception as err:
-            errors.append(PluginLoadError(impl.plugin_name, err))
+            errors.append(PluginLoadError(impl.plugin_name, err, impl.function))
     for impl in pm.hook.pyro_svi_ext_register_backends.get_hookimpls():
         backends = BackendRegistrar(impl.plugin_name, registry)
         try:
             impl.function(registry=backends)
             registry.backends.update(backends.staged)
         except Exception as err:
-            errors.append(PluginLoadError(impl.plugin_name, err))
+            errors.append(PluginLoadError(impl.plugin_name, err, impl.function))
     for error in errors:
-        warnings.warn(str(error), PluginLoadWarning, stacklevel=3)
+        _warn_at(error.source, str(error))
     registry.load_errors = errors
     return registry
 

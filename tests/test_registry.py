@@ -193,3 +193,72 @@ def test_every_hook_is_documented():
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert doc and "Called" in doc and "Returns" in doc
+
+
+# --- plugin authoring --------------------------------------------------------------------
+def _plugin(register):
+    import types
+
+    return types.SimpleNamespace(__name__="authoring_probe",
+                                 pyro_svi_ext_register_estimators=register)
+
+
+def test_a_class_that_is_not_an_estimator_is_refused_naming_the_plugin():
+    @pyro_svi_ext.hookimpl
+    def register(registry):
+        registry.add(dict, name="not_an_elbo")
+
+    try:
+        with pytest.warns(PluginLoadWarning, match="authoring_probe.*not an estimator"):
+            registry.reload(extra_plugins=[_plugin(register)])
+        assert [e.plugin for e in registry.load_errors()] == ["authoring_probe"]
+        with pytest.raises(UnknownEstimatorError, match="failed to load: authoring_probe"):
+            pyro_svi_ext.get("not_an_elbo")
+    finally:
+        registry.reload()
+
+
+def test_a_hook_without_hookimpl_is_a_warning_pointing_at_the_plugin():
+    def pyro_svi_ext_register_estimators(registry):  # the decorator forgotten
+        raise AssertionError("never called")
+
+    with pytest.warns(PluginLoadWarning, match="not decorated with @pyro_svi_ext.hookimpl") \
+            as seen:
+        registry.reload(extra_plugins=[_plugin(pyro_svi_ext_register_estimators)])
+    registry.reload()
+    (warning,) = [w for w in seen if "not decorated" in str(w.message)]
+    assert warning.filename == __file__  # the plugin's code, not the registry's
+
+
+def test_declared_capabilities_are_enforced_on_a_model_they_exclude():
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    class PathwiseOnly(pyro_svi_ext.Trace_ELBO):
+        pass
+
+    @pyro_svi_ext.hookimpl
+    def register(registry):
+        registry.add(PathwiseOnly, capabilities=Capabilities(nonreparam=False))
+
+    def model():
+        pyro.sample("k", dist.Bernoulli(0.3))
+
+    def guide():
+        pyro.sample("k", dist.Bernoulli(pyro.param("q", torch.tensor(0.5))))
+
+    try:
+        registry.reload(extra_plugins=[_plugin(register)])
+        elbo = pyro_svi_ext.make("PathwiseOnly")
+        with pytest.raises(ValueError, match=r"no support for non-reparameterized.*'k'"):
+            elbo.loss(model, guide)
+        assert pyro_svi_ext.Trace_ELBO().loss(model, guide) is not None  # built-in: fine
+    finally:
+        registry.reload()
+
+
+@pytest.mark.parametrize("bad", [None, 3, pyro_svi_ext.Trace_ELBO])
+def test_a_name_that_is_not_a_string_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="estimator name must be a str"):
+        pyro_svi_ext.get(bad)

@@ -182,9 +182,41 @@ class ELBO(PyroHooks, Estimator):
         if self.max_plate_nesting == INF:
             self._guess_max_plate_nesting(model, guide, args, kwargs)
 
+    #: what a plugin declared its estimator supports (set at registration); enforced on
+    #: each run (the built-ins follow Pyro instead: they warn)
+    declared_capabilities = None
+
     def particles(self, model: Callable, guide: Callable, args: tuple,
                   kwargs: dict) -> list[TracePair]:
         """One :class:`TracePair` per particle (a single one when vectorized)."""
+        pairs = self._run_particles(model, guide, args, kwargs)
+        if self.declared_capabilities is not None:
+            self._enforce_capabilities(pairs)
+        return pairs
+
+    def _enforce_capabilities(self, pairs: list[TracePair]) -> None:
+        """``ValueError`` naming the first guide site a declared capability excludes."""
+        caps = self.declared_capabilities
+        for site in pairs[0].guide.values():
+            if site.is_observed:
+                continue
+            if not caps.nonreparam and not site.reparameterized:
+                raise ValueError(
+                    f"{self.estimator_name} declares no support for non-reparameterized "
+                    f"sites (Capabilities(nonreparam=False)), but guide site {site.name!r} "
+                    f"({type(site.fn).__name__}) has no rsample")
+            if not caps.reparam and site.reparameterized:
+                raise ValueError(
+                    f"{self.estimator_name} declares no support for reparameterized sites "
+                    f"(Capabilities(reparam=False)), but guide site {site.name!r} is one")
+            if not caps.enumeration and site.infer.get("enumerate"):
+                raise ValueError(
+                    f"{self.estimator_name} declares no enumeration "
+                    f"(Capabilities(enumeration=False)), but guide site {site.name!r} asks "
+                    f"for {site.infer['enumerate']!r} enumeration")
+
+    def _run_particles(self, model: Callable, guide: Callable, args: tuple,
+                       kwargs: dict) -> list[TracePair]:
         if self.vectorize_particles:
             self._ensure_plate_nesting(model, guide, args, kwargs)
             if self.num_particles > 1:
