@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from compat_matrix.quantities import TOLERANCES
+from compat_matrix.quantities import TOLERANCES, error_line
 
 PINS = Path(__file__).resolve().parent / "pins.json"
 
@@ -58,8 +58,9 @@ def check_pins(label: str, results: dict, pins: dict) -> list[dict]:
         for quantity, pin in pinned.items():
             row = {"cell": label, "scenario": scenario, "check": "pins", "quantity": quantity}
             if quantity not in got:
-                error = got.get(quantity.split(".")[0] + ".error", "not computed")
-                rows.append({**row, "status": "fail", "why": error})
+                error = got.get(quantity.split(".")[0] + ".error")
+                rows.append({**row, "status": "fail",
+                             "why": error_line(error) if error else "not computed"})
                 continue
             ok, worst, where = deviation(got[quantity], pin["value"], pin["rtol"], pin["atol"])
             rows.append({**row, "status": "pass" if ok else "fail", "deviation": worst,
@@ -77,7 +78,8 @@ def check_parity(label: str, results: dict) -> list[dict]:
             row = {"cell": label, "scenario": scenario, "check": "parity", "quantity": quantity}
             if theirs not in values:
                 rows.append({**row, "status": "skipped",
-                             "why": values.get("pyro.error", "Pyro's value missing")})
+                             "why": error_line(values.get("pyro.error",
+                                                          "Pyro's value missing"))})
                 continue
             rtol, atol, _ = TOLERANCES[kind(quantity)]
             ok, worst, where = deviation(values[quantity], values[theirs], rtol, atol)
@@ -85,7 +87,7 @@ def check_parity(label: str, results: dict) -> list[dict]:
                          "where": where})
         if "ours.error" in values:
             rows.append({"cell": label, "scenario": scenario, "check": "parity",
-                         "status": "fail", "why": values["ours.error"]})
+                         "status": "fail", "why": error_line(values["ours.error"])})
     return rows
 
 
@@ -164,7 +166,10 @@ def make_pins(results: dict, environment: dict, date: str) -> dict:
     return {"provenance": {**environment, "date": date}, "scenarios": scenarios}
 
 
-def diff_pins(old: dict, new: dict) -> list[str]:
+def diff_pins(old: dict, new: dict, every_digit: bool = False) -> list[str]:
+    """Lines for what re-pinning would change: added (``+``) and removed (``-``)
+    quantities, and (``~``) values that moved beyond the old pin's tolerance, or by any
+    amount with ``every_digit``."""
     lines = []
     for scenario in sorted(set(old.get("scenarios", {})) | set(new["scenarios"])):
         a = old.get("scenarios", {}).get(scenario, {})
@@ -175,7 +180,12 @@ def diff_pins(old: dict, new: dict) -> list[str]:
             elif quantity not in b:
                 lines.append(f"- {scenario} {quantity}")
             else:
-                ok, worst, where = deviation(b[quantity]["value"], a[quantity]["value"], 0, 0)
+                rtol, atol = (0, 0) if every_digit else (a[quantity]["rtol"],
+                                                         a[quantity]["atol"])
+                ok, worst, where = deviation(b[quantity]["value"], a[quantity]["value"],
+                                             rtol, atol)
                 if not ok:
-                    lines.append(f"~ {scenario} {quantity}: max |change| {worst:.3g} at {where}")
+                    beyond = "" if every_digit else f" (beyond rtol {rtol:g}, atol {atol:g})"
+                    lines.append(f"~ {scenario} {quantity}: max |change| {worst:.3g} at "
+                                 f"{where}{beyond}")
     return lines

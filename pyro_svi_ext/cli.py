@@ -1,5 +1,7 @@
-"""Command line: ``pyro-svi-ext demo``, ``pyro-svi-ext list`` and
-``pyro-svi-ext run SCRIPT [ARGS...]`` (an unchanged Pyro script on the plugin)."""
+"""Command line: ``pyro-svi-ext demo``, ``pyro-svi-ext list``,
+``pyro-svi-ext run SCRIPT [ARGS...]`` (an unchanged Pyro script on the plugin) and
+``pyro-svi-ext compat run|repin|migrate|suite ...`` (the compatibility matrix and
+migration tools, :mod:`compat_matrix`, shipped in the same distribution)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
                                      "posteriors bound to this package's (the drop-in switch)")
     run.add_argument("script", help="path of the Python script")
     run.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
+    compat = sub.add_parser("compat", add_help=False,
+                            help="compatibility matrix and migration testing (run, repin, "
+                                 "migrate, suite; --help for each)")
+    compat.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
+    if opts.command == "compat":
+        return run_compat(opts.args)
     if opts.command == "run":
         return run_script(opts.script, opts.args)
     if opts.command == "demo":
@@ -46,6 +54,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.name}  aliases={list(r.aliases)}  plugin={r.plugin}\n  {r.signature}\n"
                   f"  {caps}")
     return 0
+
+
+def run_compat(args: list[str]) -> int:
+    """``python -m compat_matrix ARGS`` in a child process (the matrix compares against
+    ``pyro.infer``, which this package itself never imports)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "compat_matrix", *args]).returncode
 
 
 def run_script(path: str, args: list[str]) -> int:

@@ -1,7 +1,11 @@
-"""An example of a user's own scenario module for ``python -m compat_matrix migrate``.
+"""An example of a user's own scenario module for ``pyro-svi-ext compat migrate``.
 
-Each ``scenario_<name>`` function returns ``(model, guide, args, seed)``. Optional
-attributes pick the estimator (``estimator``) and its arguments (``elbo_kwargs``).
+Each ``scenario_<name>`` function returns a :class:`compat_matrix.Scenario`: the model,
+the guide, their arguments, the seed, the estimator and what else to compute. Call it
+as, for example::
+
+    pyro-svi-ext compat migrate my_scenarios.py --from 1.8.6 --to 1.9.2
+    pyro-svi-ext compat migrate my_scenarios.py --from 1.9.2:pyro --to 1.9.2:ours
 """
 
 import pyro
@@ -9,25 +13,35 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from compat_matrix import Posterior, Scenario
+
+
+def _regression_data():
+    x = torch.linspace(-1.0, 1.0, 30)
+    return x, 0.7 * x - 0.2 + 0.1 * torch.sin(7 * x)
+
+
+def regression_model(x, y=None):
+    slope = pyro.sample("slope", dist.Normal(0.0, 1.0))
+    intercept = pyro.sample("intercept", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        return pyro.sample("y", dist.Normal(slope * x + intercept, 0.2), obs=y)
+
+
+def regression_guide(x, y=None):
+    for name in ("slope", "intercept"):
+        loc = pyro.param(f"{name}_loc", torch.tensor(0.0))
+        scale = pyro.param(f"{name}_scale", torch.tensor(0.5),
+                           constraint=constraints.positive)
+        pyro.sample(name, dist.Normal(loc, scale))
+
 
 def scenario_my_regression():
-    x = torch.linspace(-1.0, 1.0, 30)
-    y = 0.7 * x - 0.2 + 0.1 * torch.sin(7 * x)
-
-    def model(x, y):
-        slope = pyro.sample("slope", dist.Normal(0.0, 1.0))
-        intercept = pyro.sample("intercept", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(x)):
-            pyro.sample("y", dist.Normal(slope * x + intercept, 0.2), obs=y)
-
-    def guide(x, y):
-        for name in ("slope", "intercept"):
-            loc = pyro.param(f"{name}_loc", torch.tensor(0.0))
-            scale = pyro.param(f"{name}_scale", torch.tensor(0.5),
-                               constraint=constraints.positive)
-            pyro.sample(name, dist.Normal(loc, scale))
-
-    return model, guide, (x, y), 0
+    x, y = _regression_data()
+    # the posterior of both coefficients, and predictions at three new inputs
+    return Scenario(regression_model, regression_guide, (x, y), seed=0,
+                    posterior=Posterior(sites=("slope", "intercept"), num_samples=400,
+                                        predictive_args=(torch.tensor([-0.5, 0.0, 0.5]),)))
 
 
 def scenario_my_mixture():
@@ -42,8 +56,5 @@ def scenario_my_mixture():
     def guide(data):
         pass
 
-    return model, guide, (data,), 1
-
-
-scenario_my_mixture.estimator = "TraceEnum_ELBO"
-scenario_my_mixture.elbo_kwargs = {"max_plate_nesting": 1}
+    return Scenario(model, guide, (data,), seed=1, estimator="TraceEnum_ELBO",
+                    elbo_kwargs={"max_plate_nesting": 1})
