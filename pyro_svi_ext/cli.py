@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="registered estimators with their capabilities")
     run = sub.add_parser("run", help="run a Pyro script with pyro.infer's SVI, ELBOs and "
                                      "posteriors bound to this package's (the drop-in switch)")
+    run.add_argument("--compile", action="store_true",
+                     help="also bind Pyro's eager ELBO names to compiled steps")
     run.add_argument("script", help="path of the Python script")
     run.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
     compat = sub.add_parser("compat", add_help=False,
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.command == "compat":
         return run_compat(opts.args)
     if opts.command == "run":
-        return run_script(opts.script, opts.args)
+        return run_script(opts.script, opts.args, compile=opts.compile)
     if opts.command == "demo":
         from pyro_svi_ext.demo import main as demo_main
 
@@ -65,9 +67,10 @@ def run_compat(args: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "compat_matrix", *args]).returncode
 
 
-def run_script(path: str, args: list[str]) -> int:
+def run_script(path: str, args: list[str], compile: bool = False) -> int:
     """Run ``path`` as ``__main__`` with ``sys.argv = [path, *args]`` under the drop-in
-    switch; returns its exit status."""
+    switch (``compile``: with compiled steps for the eager ELBO names); returns its exit
+    status."""
     import runpy
     import sys
     from pathlib import Path
@@ -76,7 +79,7 @@ def run_script(path: str, args: list[str]) -> int:
 
     sys.argv = [path, *args]
     sys.path.insert(0, str(Path(path).resolve().parent))
-    dropin.install()
+    dropin.install(compile=compile)
     try:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as done:

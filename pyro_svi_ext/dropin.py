@@ -61,10 +61,14 @@ BASES = ("ELBO", "TracePosterior")
 _SAVED: list[tuple[object, str, object]] = []
 
 
-def _ours() -> dict[str, type]:
+def _ours(compile: bool = False) -> dict[str, type]:
     import pyro_svi_ext
+    from pyro_svi_ext.estimators.jit import COMPILED_FOR
 
-    return {name: getattr(pyro_svi_ext, name) for name in REBOUND}
+    ours = {name: getattr(pyro_svi_ext, name) for name in REBOUND}
+    if compile:
+        ours.update(COMPILED_FOR)
+    return ours
 
 
 #: Pyro's own class for each rebound name (read before any install)
@@ -72,16 +76,28 @@ PYRO_CLASSES: dict[str, type] = {name: getattr(importlib.import_module(mods[-1])
                                  for name, mods in REBOUND.items()}
 
 
+_MODE: list[bool] = [False]  # whether the installed switch compiles
+
+
 def is_installed() -> bool:
     """Whether :func:`install` is in effect."""
     return bool(_SAVED)
 
 
-def install() -> None:
-    """Rebind ``pyro.infer``'s names to this package's classes (idempotent)."""
-    if _SAVED:
+def install(compile: bool = False) -> None:
+    """Rebind ``pyro.infer``'s names to this package's classes (idempotent).
+
+    ``compile=True`` also binds Pyro's eager estimator names (``Trace_ELBO``,
+    ``TraceGraph_ELBO``, ``TraceEnum_ELBO``, ``RenyiELBO``) to compiled steps: eager
+    on the first step and while the graph compiles in the background, compiled from
+    then on, and eager for good with one log line where a model cannot compile. Their
+    constructors take the eager class's arguments (and the ``Jit*`` compile options);
+    ``isinstance(elbo, pyro.infer.Trace_ELBO)`` still holds."""
+    if _SAVED and _MODE[0] == compile:
         return
-    ours = _ours()
+    uninstall()
+    _MODE[0] = compile
+    ours = _ours(compile)
     theirs = PYRO_CLASSES
     by_identity = {id(cls): name for name, cls in theirs.items()}
     targets = {mod for mods in REBOUND.values() for mod in mods}
@@ -106,13 +122,16 @@ def uninstall() -> None:
 
 
 @contextmanager
-def installed() -> Iterator[None]:
+def installed(compile: bool = False) -> Iterator[None]:
     """:func:`install` for the duration of a ``with`` block (nesting is allowed: only
-    the outermost block uninstalls)."""
-    was = is_installed()
-    install()
+    the outermost block uninstalls; an inner block in another mode restores the
+    outer one)."""
+    was, mode = is_installed(), _MODE[0]
+    install(compile)
     try:
         yield
     finally:
         if not was:
             uninstall()
+        elif mode != compile:
+            install(mode)

@@ -10,6 +10,7 @@ package). The switch is installed before test modules are collected, so their
 from __future__ import annotations
 
 OPTION = "--pyro-svi-ext"
+COMPILE_OPTION = "--pyro-svi-ext-compile"
 
 
 def pytest_addoption(parser) -> None:
@@ -17,26 +18,39 @@ def pytest_addoption(parser) -> None:
     group.addoption(OPTION, action="store_true", default=False,
                     help="run the suite on pyro_svi_ext's implementations of pyro.infer's "
                          "SVI, ELBOs and posteriors (the drop-in switch)")
+    group.addoption(COMPILE_OPTION, action="store_true", default=False,
+                    help="the drop-in switch with Pyro's eager ELBO names bound to "
+                         "compiled steps (install(compile=True))")
+
+
+def _mode(config) -> bool | None:
+    """None: switch off; else whether it compiles."""
+    if config.getoption(COMPILE_OPTION):
+        return True
+    return False if config.getoption(OPTION) else None
 
 
 def pytest_configure(config) -> None:
-    if config.getoption(OPTION):
+    mode = _mode(config)
+    if mode is not None:
         from pyro_svi_ext import dropin
 
-        dropin.install()
+        dropin.install(compile=mode)
 
 
 def pytest_unconfigure(config) -> None:
-    if config.getoption(OPTION):
+    if _mode(config) is not None:
         from pyro_svi_ext import dropin
 
         dropin.uninstall()
 
 
 def pytest_report_header(config) -> str | None:
-    if config.getoption(OPTION):
+    mode = _mode(config)
+    if mode is not None:
         import pyro_svi_ext
 
         return (f"pyro_svi_ext {pyro_svi_ext.__version__}: drop-in switch on "
-                "(pyro.infer's SVI, ELBOs and posteriors are pyro_svi_ext's)")
+                "(pyro.infer's SVI, ELBOs and posteriors are pyro_svi_ext's"
+                + ("; eager ELBO names compiled)" if mode else ")"))
     return None

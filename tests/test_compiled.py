@@ -62,7 +62,7 @@ def test_untraceable_shapes_fall_back_to_the_eager_numbers(case):
 
 def test_inductor_step_equals_eager_step():
     (case,) = [c for c in CASES if c.name == "nonreparam_in_plate"]
-    elbo = JitTrace_ELBO(backend="inductor")
+    elbo = JitTrace_ELBO(backend="inductor", background_compile=False)
     ours = run_svi(elbo, case, steps=4)
     assert compiled_step(elbo).graphs
     assert_same_run(ours, run_svi(Trace_ELBO(), case, steps=4))
@@ -278,7 +278,7 @@ def test_auto_backend_drops_a_failing_backend_and_stays_exact(failure, monkeypat
 
     monkeypatch.setitem(backends.BACKENDS, "inductor", backends.Backend("inductor", broken))
     (case,) = [c for c in CASES if c.name == "nested_plates"]
-    elbo = JitTrace_ELBO()  # backend="auto"
+    elbo = JitTrace_ELBO(background_compile=False)  # backend="auto"
     with pytest.warns(RuntimeWarning, match="compile backends failed: inductor: .*using 'jit'"):
         ours = run_svi(elbo, case)
     assert compiled_step(elbo).backend.name == "jit" and compiled_step(elbo).graphs
@@ -326,7 +326,7 @@ def test_a_fallback_chain_is_one_warning_naming_each_backend(monkeypatch):
     (case,) = pick("plate")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        run_svi(JitTrace_ELBO(), case, steps=3)
+        run_svi(JitTrace_ELBO(background_compile=False), case, steps=3)
     (chain,) = [w for w in seen if "compile backends failed" in str(w.message)]
     assert "inductor: RuntimeError: no C++ compiler; jit: RuntimeError: old; using " \
         "'eager'" in str(chain.message)
@@ -346,6 +346,8 @@ def guide(x):
 svi = SVI(model, guide, pyro.optim.Adam({{"lr": 0.1}}), JitTrace_ELBO(backend={backend!r}))
 for _ in range(4):
     svi.step(torch.ones(3))
+assert svi.wait_for_compiles(600)  # a compile in the background ends
+svi.step(torch.ones(3))            # and is swapped in
 step, = svi.loss_fn._steps.values()
 assert step.graphs and step.dynamic_reason is None, step.dynamic_reason
 """

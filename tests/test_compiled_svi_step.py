@@ -69,7 +69,7 @@ def test_whole_step_equals_eager_step_on_model_shapes(name, optim):
 
 @pytest.mark.parametrize("optim", ["adam", "sgd_nesterov", "clipped_adam"])
 def test_inductor_whole_step_equals_eager_step(optim):
-    elbo = JitTrace_ELBO(backend="inductor")
+    elbo = JitTrace_ELBO(backend="inductor", background_compile=False)
     ours = run_svi(elbo, case("plate"), OPTIMIZERS[optim](), steps=6)
     assert_whole_step_compiled(elbo)
     assert_same_run(ours, run_svi(Trace_ELBO(), case("plate"), OPTIMIZERS[optim](), steps=6))
@@ -211,7 +211,7 @@ def test_step_tensor_reads_nothing_on_the_host(device, backend, monkeypatch):
             losses += [svi.step(data) for _ in range(4)]
         return losses, pyro.param("loc").item()
 
-    ours = run_steps(JitTrace_ELBO(backend=backend), lazy=True)
+    ours = run_steps(JitTrace_ELBO(backend=backend, background_compile=False), lazy=True)
     assert ours[0] == pytest.approx(run_steps(Trace_ELBO(), lazy=False)[0], rel=1e-5)
     assert ours[1] == pytest.approx(run_steps(Trace_ELBO(), lazy=False)[1], rel=1e-5)
 
@@ -241,7 +241,7 @@ def test_decaying_average_baselines_are_state_of_the_compiled_step(optim, name, 
     writes their update in place (whole step with Adam; loss-and-gradients graph with
     RMSprop's eager update), and they follow the eager step's values."""
     make = {"adam": OPTIMIZERS["adam"], "rmsprop": lambda: pyro.optim.RMSprop({"lr": 0.01})}
-    elbo = pyro_svi_ext.JitTraceGraph_ELBO(backend=backend)
+    elbo = pyro_svi_ext.JitTraceGraph_ELBO(backend=backend, background_compile=False)
     ours = run_svi(elbo, case(name), make[optim](), steps=6)
     step = compiled_step(elbo)
     assert step.dynamic_reason is None and step.graphs
@@ -275,7 +275,7 @@ def test_inductor_is_exact_on_the_history_2_hmm():
     (wrong numbers with pooled buffers, a corrupted heap and an abort without): the
     inductor backend turns it off, so the graph compiles and matches the eager step."""
     kwargs = {"max_plate_nesting": 0}
-    elbo = JitTraceEnum_ELBO(backend="inductor", **kwargs)
+    elbo = JitTraceEnum_ELBO(backend="inductor", background_compile=False, **kwargs)
     ours = run_svi(elbo, case("hmm_history2"), OPTIMIZERS["adam"](), steps=4)
     assert_whole_step_compiled(elbo)
     assert_same_run(ours, run_svi(TraceEnum_ELBO(**kwargs), case("hmm_history2"),
@@ -291,7 +291,7 @@ def test_inductor_is_exact_on_the_history_2_hmm():
 ], ids=["tracegraph", "hmm", "gmm", "renyi"])
 def test_inductor_whole_step_equals_eager_step_for_each_estimator(compiled, eager, name,
                                                                   kwargs):
-    elbo = compiled(backend="inductor", **kwargs)
+    elbo = compiled(backend="inductor", background_compile=False, **kwargs)
     ours = run_svi(elbo, case(name), OPTIMIZERS["clipped_adam"](), steps=5)
     assert_whole_step_compiled(elbo)
     assert_same_run(ours, run_svi(eager(**kwargs), case(name), OPTIMIZERS["clipped_adam"](),

@@ -34,6 +34,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
+from pyro_svi_ext.compile.background import BackgroundCompile
 from pyro_svi_ext.compile.guard import GraphCache, describe_change, step_key
 from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
 from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
@@ -66,9 +67,30 @@ class RecompileWarning(RuntimeWarning):
 class _Graph:
     """A compiled graph, its layout, and which params got a gradient when traced."""
 
-    run: Callable
+    run: Callable | None
     layout: StepLayout
     had_grad: list[bool]
+
+
+@dataclass
+class _Pending:
+    """A graph compiling in the background, and what its check needs: the inputs as
+    they were when it was traced (copies), the traced graph's outputs on them, and the
+    random state they drew from."""
+
+    job: BackgroundCompile
+    production: torch.fx.GraphModule
+    layout: StepLayout
+    had_grad: list[bool]
+    inputs: list
+    reference: tuple
+    rng_state: tuple
+    devices: list
+    traced_at: int
+
+#: backends whose compile runs on a background thread (the slow ones); the others
+#: compile on the step's thread
+BACKGROUND_BACKENDS = ("inductor",)
 
 
 class CompiledStep:
@@ -85,11 +107,17 @@ class CompiledStep:
     :param jit_options: keyword arguments of ``torch.jit.trace`` for the ``"jit"`` backend.
     :param ignore_warnings: silence the warnings raised while the step is traced, and log
         fallbacks instead of warning.
+    :param background_compile: compile inductor graphs on a background thread while
+        the eager step keeps training; the graph is checked and swapped in at the first
+        step after it is ready (``False``: wait for the compile, as on the step after
+        the first). The results are those of the eager step until the swap, and of the
+        compiled graph after it (the same up to float rounding).
     """
 
     def __init__(self, elbo, model: Callable, guide: Callable, backend: str = "auto",
                  on_change: str = "recompile", on_dynamic: str = "eager", cache_size: int = 8,
-                 jit_options: dict | None = None, ignore_warnings: bool = False):
+                 jit_options: dict | None = None, ignore_warnings: bool = False,
+                 background_compile: bool = True):
         self.check_options(backend, on_change, on_dynamic)
         self.elbo, self.model, self.guide = elbo, model, guide
         #: backends to try, in order ("auto": inductor, then TorchScript, then replay)
@@ -109,7 +137,15 @@ class CompiledStep:
         self.dynamic_reason: str | None = None
         #: why the optimizer update runs eagerly (None while it is compiled)
         self.optim_reason: str | None = None
+        #: graphs traced so far (each a compile, in the background or not)
         self.compiles = 0
+        self.background_compile = background_compile
+        #: graphs compiling in the background, by step key
+        self.pending: dict[tuple, _Pending] = {}
+        #: steps taken through this object (eager, traced or compiled)
+        self.steps = 0
+        #: the last _run found its graph still compiling: the step runs eagerly
+        self._not_ready = False
         self._plan: OptimPlan | None = None
         self._refused: tuple | None = None  # (optim, reason) for a permanent refusal
 
@@ -261,23 +297,105 @@ class CompiledStep:
                 return graph, graph.run(*graph.layout.inputs(params, state, side, args))
             finally:
                 torch._C._set_grad_enabled(grad_was)
-        if self.graphs:
-            change = describe_change(self.graphs.newest_key(), key, self.param_names,
-                                     self.side_names)
+        pending = self.pending.get(key)
+        if pending is not None:
+            if not pending.job.done():
+                self._not_ready = True  # this step runs eagerly; the graph is not ready
+                return None, None
+            graph = self._swap_in(key, pending)
+            if graph is None:
+                return None, None
+            return self._run(params, side, args, kwargs, plan)
+        if self.graphs or self.pending:
+            newest = self.graphs.newest_key() if self.graphs else next(reversed(self.pending))
+            change = describe_change(newest, key, self.param_names, self.side_names)
             if self.on_change == "raise":
                 raise StructureChangedError(change)
             self._notify(f"{type(self.elbo).__name__}: compiling again: {change} (graph "
                          f"{self.compiles + 1}; pass those inputs with a fixed shape, or "
                          "on_change='raise' to stop here)", 6, RecompileWarning)
         layout = StepLayout.of(len(params), plan, len(side), args)
+        inputs = layout.inputs(params, state, side, args)
         try:
-            graph, outputs = self._compile_and_verify(
-                layout, layout.inputs(params, state, side, args), args, kwargs, plan)
+            if self.background_compile and self.backend.name in BACKGROUND_BACKENDS:
+                return self._trace_and_submit(key, layout, inputs, args, kwargs, plan)
+            graph, outputs = self._compile_and_verify(layout, inputs, args, kwargs, plan)
         except Untraceable as why:
             self._give_up(str(why))
             return None, None
         self.graphs.put(key, graph)
         return graph, outputs
+
+    # --- compiling in the background ----------------------------------------------------
+    def _trace_and_submit(self, key: tuple, layout: StepLayout, inputs: list, args: tuple,
+                          kwargs: dict, plan):
+        """Trace the step, take this step with the traced graph (checked against the
+        eager step, as when compiling in place), and start the backend's compile on a
+        background thread. Returns ``(graph without a compiled run, outputs)``."""
+        gm, had_grad = self._trace(layout, inputs, args, kwargs, plan)
+        params = inputs[:layout.n_params]
+        side = inputs[layout.n_params + layout.n_state:][:layout.n_side]
+        devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
+        start = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            reference = gm(*inputs)
+        eager = self._eager_reference(params, side, args, kwargs)
+        loss, grads, new_values = layout.split_outputs(reference)
+        traced_side = new_values[len(new_values) - layout.n_side:] if layout.n_side else []
+        if not all_close(eager, [loss, *grads, *traced_side]):
+            torch.set_rng_state(start[0])
+            for d, rng in zip(devices, start[1], strict=True):
+                torch.cuda.set_rng_state(rng, d)
+            raise Untraceable("the compiled graph disagrees with the eager step (the model "
+                              "uses state outside pyro.param, e.g. weights of a module "
+                              "registered with pyro.module)")
+        copies = [t.detach().clone() if torch.is_tensor(t) else t for t in inputs]
+        production = writing_in_place(gm, layout)
+        if self.backend.prepare is not None:
+            self.backend.prepare()
+        job = BackgroundCompile(self.backend.compile, production, copies, self.backend.name)
+        self.pending[key] = _Pending(job, production, layout, had_grad, copies, reference,
+                                     start, devices, self.steps)
+        targets = [inputs[i] for i in layout.written_inputs]
+        if targets:  # commit the traced step's new values
+            with torch.no_grad():
+                torch._foreach_copy_(targets, new_values)
+        return _Graph(None, layout, had_grad), reference
+
+    def _swap_in(self, key: tuple, pending: _Pending) -> _Graph | None:
+        """Check a finished background compile against its traced graph (on this
+        thread: the check draws random numbers) and keep it; falls through the other
+        backends, compiled here, if it failed. None after giving up (eager for good)."""
+        del self.pending[key]
+        try:
+            run, backend = compile_checked(
+                self.backends, pending.production, pending.inputs, pending.layout,
+                pending.reference, pending.devices, self.jit_options,
+                lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
+                precompiled={pending.job.name: pending.job.outcome()},
+                rng_state=pending.rng_state)
+        except Untraceable as why:
+            self._give_up(str(why))
+            return None
+        logger.info("%s: compiled the %s with backend %r in the background in %.2f s "
+                    "(graph %d), in use from step %d (traced at step %d)",
+                    type(self.elbo).__name__,
+                    "whole SVI step" if pending.layout.whole_step else "loss and gradients",
+                    backend, pending.job.seconds, self.compiles, self.steps + 1,
+                    pending.traced_at + 1)
+        graph = _Graph(run, pending.layout, pending.had_grad)
+        self.graphs.put(key, graph)
+        return graph
+
+    def wait_for_compiles(self, timeout: float | None = None) -> bool:
+        """Block until the graphs compiling in the background are ready (they are
+        swapped in at the next step); whether all ended within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        for pending in list(self.pending.values()):
+            left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            if not pending.job.wait(left):
+                return False
+        return True
 
     # --- the param store ----------------------------------------------------------------
     def _from_store(self, names: list[str]) -> list[torch.Tensor]:
@@ -313,6 +431,10 @@ class CompiledStep:
         """Loss and gradients (a :class:`~pyro_svi_ext.protocol.StepResult`):
         eager on the first call (recording params and facts) and after a fallback,
         compiled otherwise."""
+        self.steps += 1
+        if self._not_ready:  # whole_step found the graph compiling: eager this step
+            self._not_ready = False
+            return self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
         if self.param_names is None or self.dynamic_reason is not None:
             result = self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
             if self.param_names is None:
@@ -323,6 +445,7 @@ class CompiledStep:
         graph, outputs = self._run(params, self._from_store(self.side_names), args, kwargs,
                                    None)
         if graph is None:
+            self._not_ready = False
             return self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
         value = self._checked_loss(outputs[0], args, kwargs)
         _, grads, _ = graph.layout.split_outputs(outputs)
@@ -354,6 +477,7 @@ class CompiledStep:
                                    plan)
         if graph is None:
             return None
+        self.steps += 1
         if lazy:
             plan.after_step(graph.had_grad)
             return outputs[0]
@@ -377,8 +501,12 @@ class CompiledStep:
         if self.on_dynamic == "raise":
             raise StructureChangedError(f"the model cannot be compiled: {reason}")
         self.dynamic_reason = reason
-        self._notify(f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
-                     f"compiled ({reason})", 7)
+        message = (f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
+                   f"compiled ({reason})")
+        if self.ignore_warnings:  # one line on stderr even without logging configured
+            logger.warning(message)
+        else:
+            self._notify(message, 7)
 
     def _notify(self, message: str, stacklevel: int,
                 category: type[Warning] = RuntimeWarning) -> None:

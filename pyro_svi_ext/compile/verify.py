@@ -30,12 +30,18 @@ def all_close(want: list, got: list) -> bool:
 
 def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
                     inputs: list, layout: StepLayout, reference, devices: list,
-                    jit_options: dict | None, notify: Callable[[str], None]) -> Callable:
+                    jit_options: dict | None, notify: Callable[[str], None],
+                    precompiled: dict | None = None, rng_state: tuple | None = None
+                    ) -> Callable:
     """The first backend's compiled ``production`` graph whose outputs (and in-place
     writes, done on copies) match ``reference``, the traced graph's outputs on the same
     draws, and its name. Failing backends are removed from ``backends`` (while another
     is left) and named, each with its reason, in one ``notify`` call;
-    :class:`Untraceable` when none is left."""
+    :class:`Untraceable` when none is left.
+
+    ``precompiled``: ``{backend name: (callable, error)}`` compiled elsewhere (a
+    background thread), used instead of compiling again. ``rng_state``: ``(cpu state,
+    [cuda states])`` the reference drew from, when the generators have moved on since."""
     targets = [inputs[i] for i in layout.written_inputs]
     n_new = len(targets)
     failures = []
@@ -49,8 +55,17 @@ def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 warnings.simplefilter("default", LegacyBackendWarning)  # ours, once
-                run = backend.compile(production, inputs, **options)
+                if precompiled and backend.name in precompiled:
+                    run, error = precompiled[backend.name]
+                    if error is not None:
+                        raise error
+                else:
+                    run = backend.compile(production, inputs, **options)
                 with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                    if rng_state is not None:
+                        torch.set_rng_state(rng_state[0])
+                        for d, state in zip(devices, rng_state[1], strict=True):
+                            torch.cuda.set_rng_state(state, d)
                     compiled = run(*[copies.get(id(t), t) for t in inputs])
             got = [*compiled[:layout.kept], *[copies[id(t)] for t in targets]]
             want = [*reference[:layout.kept], *reference[len(reference) - n_new:]]

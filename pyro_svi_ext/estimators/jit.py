@@ -14,7 +14,7 @@ from pyro_svi_ext.estimators.tracegraph_elbo import TraceGraph_ELBO
 DEFAULT_BACKEND = "auto"
 #: the compile options every ``Jit*`` estimator adds, keyword-only, to its base's
 COMPILE_OPTIONS = {"backend": None, "on_change": "recompile", "on_dynamic": "eager",
-                   "cache_size": 8}
+                   "cache_size": 8, "background_compile": True}
 
 _DOC = """:class:`{base}` with its SVI step compiled after a first eager step.
 
@@ -37,6 +37,11 @@ _DOC = """:class:`{base}` with its SVI step compiled after a first eager step.
         ``"inductor"`` (torch.compile's compiler, fused C++/Triton kernels), ``"jit"``
         (TorchScript, legacy; takes ``jit_options``), ``"eager"`` (replay of the traced
         graph), or a plugin's.
+    :param background_compile: ``True`` (default): an inductor graph compiles on a
+        background thread while the eager step keeps training, and is checked and
+        swapped in at the first step after it is ready, so no step waits for the
+        compiler (a cold inductor compile of a long enumerated chain takes minutes).
+        ``False``: the step after the first waits for the compile.
     {extra}"""
 
 
@@ -44,11 +49,13 @@ class _Compiled:
     """The compiled estimators' behaviour: one :class:`CompiledStep` per (model, guide),
     which SVI and ``loss_and_grads`` use."""
 
-    def _set_compile_options(self, backend, on_change, on_dynamic, cache_size) -> None:
+    def _set_compile_options(self, backend, on_change, on_dynamic, cache_size,
+                             background_compile) -> None:
         self.backend = backend or DEFAULT_BACKEND
         self._options = {"on_change": on_change, "on_dynamic": on_dynamic,
                          "cache_size": cache_size, "jit_options": self.jit_options,
-                         "ignore_warnings": self.ignore_jit_warnings}
+                         "ignore_warnings": self.ignore_jit_warnings,
+                         "background_compile": background_compile}
         self._steps: dict = {}
         CompiledStep.check_options(self.backend, **self._options)
 
@@ -102,3 +109,33 @@ JitTraceEnum_ELBO = compiled_variant(TraceEnum_ELBO, "JitTraceEnum_ELBO")
 JitRenyiELBO = compiled_variant(
     RenyiELBO, "JitRenyiELBO",
     "Not part of Pyro's API (Pyro has no compiled Renyi bound).\n")
+
+
+def quietly_compiled(jit_cls: type, name: str) -> type:
+    """``jit_cls`` with ``ignore_jit_warnings=True`` by default: what
+    ``pyro_svi_ext.install(compile=True)`` binds to Pyro's eager names, so that an
+    unchanged program gets the compiled step, and a model that cannot compile runs
+    eagerly with one log line saying why (a ``WARNING`` record of
+    ``pyro_svi_ext.compile.step``) instead of a warning."""
+    signature = inspect.signature(jit_cls.__init__)
+    params = [p.replace(default=True) if p.name == "ignore_jit_warnings" else p
+              for p in signature.parameters.values()]
+
+    def __init__(self, *args, **kwargs):  # noqa: N807
+        bound = signature.bind(self, *args, **kwargs)
+        if "ignore_jit_warnings" not in bound.arguments:
+            bound.arguments["ignore_jit_warnings"] = True
+        jit_cls.__init__(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = signature.replace(parameters=params)
+    doc = (f":class:`{jit_cls.__name__}` bound to Pyro's ``{jit_cls.__name__[3:]}`` by "
+           "``install(compile=True)``: compiled in the background, eager until then, and "
+           "eager for good (one log line) where the model cannot compile.")
+    return type(name, (jit_cls,), {"__init__": __init__, "__doc__": doc,
+                                   "__module__": __name__})
+
+
+#: Pyro's eager names -> the compiled classes ``install(compile=True)`` binds to them
+COMPILED_FOR = {cls.__name__[3:]: quietly_compiled(cls, "Compiled" + cls.__name__[3:])
+                for cls in (JitTrace_ELBO, JitTraceGraph_ELBO, JitTraceEnum_ELBO,
+                            JitRenyiELBO)}

@@ -174,6 +174,20 @@ class SVI(TracePosterior):
                 torch._foreach_zero_(grads)
         return value
 
+    @property
+    def compiles(self) -> int:
+        """How many step graphs the estimator has traced and compiled for this SVI's
+        model and guide (0 for an eager estimator): a number above the count of input
+        shapes you feed means a recompile per call somewhere."""
+        return getattr(self._stepper, "compiles", 0)
+
+    def wait_for_compiles(self, timeout: float | None = None) -> bool:
+        """Block until graphs compiling in the background are ready (they are used from
+        the next step); whether they all ended within ``timeout`` seconds. True at once
+        for an eager estimator."""
+        wait = getattr(self._stepper, "wait_for_compiles", None)
+        return True if wait is None else wait(timeout)
+
     def step_tensor(self, *args, **kwargs) -> torch.Tensor:
         """Like :meth:`step`, but the loss comes back as a 0-dim tensor. When the
         estimator compiles the whole step (``Jit*`` estimators with a supported

@@ -1,0 +1,168 @@
+"""Compiling in the background: no step waits for the compiler, the compiled graph is
+checked and swapped in once ready, and the run equals the blocking one where the
+switch-over step is the same."""
+
+from __future__ import annotations
+
+import threading
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pytest
+import torch
+from pyro.distributions import constraints
+from svi_runs import compiled_step
+
+from pyro_svi_ext import SVI, JitTrace_ELBO, JitTraceEnum_ELBO
+from pyro_svi_ext.compile import backends
+
+
+def model(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(x @ w, 0.5), obs=y)
+
+
+def guide(x, y):
+    loc = pyro.param("loc", torch.zeros(3))
+    scale = pyro.param("scale", torch.ones(3), constraint=constraints.positive)
+    pyro.sample("w", dist.Normal(loc, scale).to_event(1))
+
+
+def data(n: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    return x, x @ torch.tensor([1.0, -2.0, 0.5]) + 0.5 * torch.randn(n, generator=g)
+
+
+def fit(elbo, steps: int, wait_after: int | None = None, batches=None):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    batches = batches or [data()]
+    losses = []
+    for i in range(steps):
+        losses.append(svi.step(*batches[i % len(batches)]))
+        if wait_after is not None and i + 1 == wait_after:
+            assert svi.wait_for_compiles(600)
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    return svi, losses, params
+
+
+def test_the_run_equals_the_blocking_run_when_the_switch_over_step_is_the_same():
+    _, blocking_losses, blocking = fit(JitTrace_ELBO(background_compile=False), 10)
+    svi, losses, params = fit(JitTrace_ELBO(), 10, wait_after=2)
+    assert compiled_step(svi.loss_fn).graphs.graphs  # the compiled graph ran steps 3-10
+    assert losses == blocking_losses
+    for name in blocking:
+        assert torch.equal(params[name], blocking[name]), name
+
+
+def test_without_waiting_the_run_matches_the_blocking_run_up_to_rounding():
+    _, blocking_losses, blocking = fit(JitTrace_ELBO(background_compile=False), 30)
+    svi, losses, params = fit(JitTrace_ELBO(), 30)
+    assert losses == pytest.approx(blocking_losses, rel=1e-4, abs=1e-4)
+    for name in blocking:
+        torch.testing.assert_close(params[name], blocking[name], rtol=1e-4, atol=1e-5)
+    assert svi.wait_for_compiles(600)
+    svi.step(*data())
+    assert compiled_step(svi.loss_fn).graphs.graphs and svi.compiles == 1
+
+
+@pytest.fixture
+def gated_inductor(monkeypatch):
+    """The inductor backend made to wait for an event before it compiles."""
+    gate, entered = threading.Event(), threading.Event()
+    real = backends.BUILTIN_BACKENDS["inductor"]
+
+    def compile_(gm, inputs):
+        entered.set()
+        assert gate.wait(600)
+        return real.compile(gm, inputs)
+
+    monkeypatch.setitem(backends.BUILTIN_BACKENDS, "inductor",
+                        backends.Backend("inductor", compile_, "gated", real.prepare))
+    yield gate, entered
+    gate.set()
+
+
+def test_no_step_waits_for_the_compiler(gated_inductor):
+    gate, entered = gated_inductor
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    elbo = JitTrace_ELBO(backend="inductor")
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    x, y = data()
+    for _ in range(20):  # the compile cannot end before the gate opens: all eager
+        svi.step(x, y)
+    assert entered.wait(60)
+    step = compiled_step(elbo)
+    assert step.pending and not step.graphs.graphs and step.steps == 20
+    loc_before = pyro.param("loc").detach().clone()
+    gate.set()
+    assert svi.wait_for_compiles(600)
+    svi.step(x, y)
+    assert not step.pending and step.graphs.graphs
+    assert not torch.equal(pyro.param("loc"), loc_before)  # the compiled step updates
+
+
+def test_a_background_compile_that_fails_falls_back_to_the_next_backend(monkeypatch):
+    def broken(gm, inputs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setitem(backends.BUILTIN_BACKENDS, "inductor",
+                        backends.Backend("inductor", broken))
+    elbo = JitTrace_ELBO()  # auto: inductor, then jit, then eager
+    with pytest.warns(RuntimeWarning, match="inductor: RuntimeError: no C.. compiler.*"
+                                            "using 'jit'"):
+        fit(elbo, 4, wait_after=2)
+    assert compiled_step(elbo).dynamic_reason is None
+
+
+def test_a_loader_with_a_partial_last_batch_compiles_twice():
+    x, y = data(300)
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in (0, 128, 256)]  # 128, 128, 44
+    assert [len(b[0]) for b in batches] == [128, 128, 44]
+    elbo = JitTrace_ELBO()
+    with pytest.warns(RuntimeWarning, match="compiling again"):
+        svi, _, _ = fit(elbo, 3 * len(batches) * 3, batches=batches)
+    assert svi.wait_for_compiles(600)
+    for batch in batches:
+        svi.step(*batch)
+    assert svi.compiles == 2 and len(compiled_step(elbo).graphs) == 2
+
+
+def test_the_compile_count_is_zero_for_an_eager_estimator():
+    from pyro_svi_ext import Trace_ELBO
+
+    svi, _, _ = fit(Trace_ELBO(), 3)
+    assert svi.compiles == 0 and svi.wait_for_compiles(0)
+
+
+def test_an_enumerated_hmm_trains_while_it_compiles():
+    """The case that motivated it: a long enumerated chain (a minute or more of cold
+    inductor compile); 30 steps run eagerly meanwhile and give the eager numbers."""
+    T = 40
+    obs = torch.randn(T)
+
+    def hmm(obs):
+        probs = pyro.param("probs", torch.full((3, 3), 1 / 3), constraint=constraints.simplex)
+        locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.0]))
+        z = 0
+        for t in pyro.markov(range(T)):
+            z = pyro.sample(f"z_{t}", dist.Categorical(probs[z]),
+                            infer={"enumerate": "parallel"})
+            pyro.sample(f"x_{t}", dist.Normal(locs[z], 1.0), obs=obs[t])
+
+    def run(elbo, steps):
+        pyro.clear_param_store()
+        svi = SVI(hmm, lambda obs: None, pyro.optim.Adam({"lr": 0.05}), elbo)
+        return [svi.step(obs) for _ in range(steps)], svi
+
+    from pyro_svi_ext import TraceEnum_ELBO
+
+    eager, _ = run(TraceEnum_ELBO(max_plate_nesting=0), 30)
+    background, svi = run(JitTraceEnum_ELBO(max_plate_nesting=0), 30)
+    assert background == pytest.approx(eager, rel=1e-4)
+    assert svi.wait_for_compiles(900)
