@@ -245,13 +245,14 @@ class CompiledStep:
         side_new = [estimate.side_updates.get(k, scratch[k]) for k in self.side_names]
         return [torch.as_tensor(-estimate.elbo).detach(), *grads, *side_new]
 
-    def _compile_and_verify(self, layout: StepLayout, inputs: list, args: tuple,
-                            kwargs: dict, plan) -> tuple[_Graph, tuple]:
-        """Trace, compile and check a new graph: the traced graph run op by op must give
+    def _traced_step(self, layout: StepLayout, inputs: list, args: tuple, kwargs: dict,
+                     plan) -> dict:
+        """Trace the step and run the traced graph op by op on ``inputs``: it must give
         the eager step's loss, gradients and side state on the same random draws (else
         state the trace could not see, e.g. module weights outside the param store, makes
-        the model untraceable), and the compiled graph the traced graph's results.
-        Returns ``(graph, traced outputs)``; the traced step's new values are written."""
+        the model untraceable: :class:`Untraceable`). Nothing is written yet. Returns
+        the graph, its outputs (``reference``), its new values, and the random state it
+        drew from."""
         gm, had_grad = self._trace(layout, inputs, args, kwargs, plan)
         params = inputs[:layout.n_params]
         side = inputs[layout.n_params + layout.n_state:][:layout.n_side]
@@ -259,14 +260,6 @@ class CompiledStep:
         start = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             reference = gm(*inputs)
-        started = time.perf_counter()
-        run, backend = compile_checked(
-            self.backends, writing_in_place(gm, layout), inputs, layout, reference, devices,
-            self.jit_options, lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 8))
-        logger.info("%s: compiled the %s with backend %r in %.2f s (graph %d)",
-                    type(self.elbo).__name__,
-                    "whole SVI step" if layout.whole_step else "loss and gradients",
-                    backend, time.perf_counter() - started, self.compiles)
         eager = self._eager_reference(params, side, args, kwargs)
         loss, grads, new_values = layout.split_outputs(reference)
         traced_side = new_values[len(new_values) - layout.n_side:] if layout.n_side else []
@@ -278,11 +271,35 @@ class CompiledStep:
             raise Untraceable("the compiled graph disagrees with the eager step (the model "
                               "uses state outside pyro.param, e.g. weights of a module "
                               "registered with pyro.module)")
+        return {"gm": gm, "had_grad": had_grad, "reference": reference,
+                "new_values": new_values, "rng_state": start, "devices": devices}
+
+    @staticmethod
+    def _commit(layout: StepLayout, inputs: list, new_values: list) -> None:
+        """Write the traced step's new values into their tensors."""
         targets = [inputs[i] for i in layout.written_inputs]
-        if targets:  # commit the reference step's new values
+        if targets:
             with torch.no_grad():
                 torch._foreach_copy_(targets, new_values)
-        return _Graph(run, layout, had_grad), reference
+
+    def _compile_and_verify(self, layout: StepLayout, inputs: list, args: tuple,
+                            kwargs: dict, plan) -> tuple[_Graph, tuple]:
+        """Trace and check a new graph (:meth:`_traced_step`), compile it here, and check
+        that the compiled graph gives the traced graph's results. Returns ``(graph,
+        traced outputs)``; the traced step's new values are written."""
+        traced = self._traced_step(layout, inputs, args, kwargs, plan)
+        started = time.perf_counter()
+        run, backend = compile_checked(
+            self.backends, writing_in_place(traced["gm"], layout), inputs, layout,
+            traced["reference"], traced["devices"], self.jit_options,
+            lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 8),
+            rng_state=traced["rng_state"])
+        logger.info("%s: compiled the %s with backend %r in %.2f s (graph %d)",
+                    type(self.elbo).__name__,
+                    "whole SVI step" if layout.whole_step else "loss and gradients",
+                    backend, time.perf_counter() - started, self.compiles)
+        self._commit(layout, inputs, traced["new_values"])
+        return _Graph(run, layout, traced["had_grad"]), traced["reference"]
 
     def _run(self, params: list, side: list, args: tuple, kwargs: dict, plan):
         """The graph and its outputs for this call (compiling and verifying a new graph),
@@ -332,35 +349,17 @@ class CompiledStep:
         """Trace the step, take this step with the traced graph (checked against the
         eager step, as when compiling in place), and start the backend's compile on a
         background thread. Returns ``(graph without a compiled run, outputs)``."""
-        gm, had_grad = self._trace(layout, inputs, args, kwargs, plan)
-        params = inputs[:layout.n_params]
-        side = inputs[layout.n_params + layout.n_state:][:layout.n_side]
-        devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
-        start = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            reference = gm(*inputs)
-        eager = self._eager_reference(params, side, args, kwargs)
-        loss, grads, new_values = layout.split_outputs(reference)
-        traced_side = new_values[len(new_values) - layout.n_side:] if layout.n_side else []
-        if not all_close(eager, [loss, *grads, *traced_side]):
-            torch.set_rng_state(start[0])
-            for d, rng in zip(devices, start[1], strict=True):
-                torch.cuda.set_rng_state(rng, d)
-            raise Untraceable("the compiled graph disagrees with the eager step (the model "
-                              "uses state outside pyro.param, e.g. weights of a module "
-                              "registered with pyro.module)")
+        traced = self._traced_step(layout, inputs, args, kwargs, plan)
         copies = [t.detach().clone() if torch.is_tensor(t) else t for t in inputs]
-        production = writing_in_place(gm, layout)
+        production = writing_in_place(traced["gm"], layout)
         if self.backend.prepare is not None:
             self.backend.prepare()
         job = BackgroundCompile(self.backend.compile, production, copies, self.backend.name)
-        self.pending[key] = _Pending(job, production, layout, had_grad, copies, reference,
-                                     start, devices, self.steps)
-        targets = [inputs[i] for i in layout.written_inputs]
-        if targets:  # commit the traced step's new values
-            with torch.no_grad():
-                torch._foreach_copy_(targets, new_values)
-        return _Graph(None, layout, had_grad), reference
+        self.pending[key] = _Pending(job, production, layout, traced["had_grad"], copies,
+                                     traced["reference"], traced["rng_state"],
+                                     traced["devices"], self.steps)
+        self._commit(layout, inputs, traced["new_values"])
+        return _Graph(None, layout, traced["had_grad"]), traced["reference"]
 
     def _swap_in(self, key: tuple, pending: _Pending) -> _Graph | None:
         """Check a finished background compile against its traced graph (on this
