@@ -4,8 +4,6 @@ switch-over step is the same."""
 
 from __future__ import annotations
 
-import threading
-
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -71,24 +69,15 @@ def test_without_waiting_the_run_matches_the_blocking_run_up_to_rounding():
 
 
 @pytest.fixture
-def gated_inductor(monkeypatch):
-    """The inductor backend made to wait for an event before it compiles."""
-    gate, entered = threading.Event(), threading.Event()
-    real = backends.BUILTIN_BACKENDS["inductor"]
-
-    def compile_(gm, inputs):
-        entered.set()
-        assert gate.wait(600)
-        return real.compile(gm, inputs)
-
-    monkeypatch.setitem(backends.BUILTIN_BACKENDS, "inductor",
-                        backends.Backend("inductor", compile_, "gated", real.prepare))
-    yield gate, entered
-    gate.set()
+def gated_compiles(tmp_path, monkeypatch):
+    """Compile processes wait for a file before they compile."""
+    gate = tmp_path / "open"
+    monkeypatch.setenv("PYRO_SVI_EXT_COMPILE_GATE", str(gate))
+    yield gate
+    gate.touch()
 
 
-def test_no_step_waits_for_the_compiler(gated_inductor):
-    gate, entered = gated_inductor
+def test_no_step_waits_for_the_compiler(gated_compiles):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     elbo = JitTrace_ELBO(backend="inductor")
@@ -96,11 +85,10 @@ def test_no_step_waits_for_the_compiler(gated_inductor):
     x, y = data()
     for _ in range(20):  # the compile cannot end before the gate opens: all eager
         svi.step(x, y)
-    assert entered.wait(60)
     step = compiled_step(elbo)
     assert step.pending and not step.graphs.graphs and step.steps == 20
     loc_before = pyro.param("loc").detach().clone()
-    gate.set()
+    gated_compiles.touch()
     assert svi.wait_for_compiles(600)
     svi.step(x, y)
     assert not step.pending and step.graphs.graphs
@@ -166,3 +154,30 @@ def test_an_enumerated_hmm_trains_while_it_compiles():
     background, svi = run(JitTraceEnum_ELBO(max_plate_nesting=0), 30)
     assert background == pytest.approx(eager, rel=1e-4)
     assert svi.wait_for_compiles(900)
+
+
+def test_a_graph_sent_to_a_compile_process_keeps_its_random_draws_and_ops():
+    """Rebuilt from plain data, not from pickle: a pickled GraphModule is traced again
+    on loading, which freezes ``aten.empty`` + ``aten.normal_`` into one constant draw."""
+    import operator
+    import pickle
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_svi_ext.compile.background import load_portable, portable
+
+    def f(loc):
+        return loc + torch.empty(3).normal_()
+
+    gm = make_fx(f)(torch.zeros(3))
+    rebuilt = load_portable(pickle.loads(pickle.dumps(portable(gm))))
+    torch.manual_seed(1)
+    a = gm(torch.zeros(3))
+    torch.manual_seed(1)
+    assert torch.equal(rebuilt(torch.zeros(3)), a)
+    assert not torch.equal(rebuilt(torch.zeros(3)), a)  # a new draw each call
+    frozen = pickle.loads(pickle.dumps(gm))  # what the module's own pickling does
+    assert torch.equal(frozen(torch.zeros(3)), frozen(torch.zeros(3)))
+    # Python callables (operator.getitem on a tuple output) travel by name
+    indexing = torch.fx.symbolic_trace(lambda x: operator.getitem(x, 1))
+    assert torch.equal(load_portable(portable(indexing))(torch.arange(3.0)), torch.tensor(1.0))

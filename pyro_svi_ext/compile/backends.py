@@ -23,9 +23,6 @@ class Backend:
     name: str
     compile: Callable
     description: str = ""
-    #: run on the step's thread before a compile on a background thread (imports that
-    #: warn: warning filters cannot be changed safely off the main thread)
-    prepare: Callable[[], None] | None = None
 
 
 def _eager(gm, example_inputs):
@@ -87,21 +84,6 @@ def _inductor(gm, example_inputs):
         return compile_fx(gm, fake_inputs)
 
 
-def _prepare_inductor() -> None:
-    """Import what an inductor compile imports lazily, with its import-time deprecation
-    warnings (e.g. ``torch.utils.mkldnn``'s TorchScript modules) silenced here, on the
-    step's thread, so that a compile on a background thread does not meet them under the
-    user's warning filters (``-W error`` would fail the compile)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import torch._inductor.codegen.cpp
-        import torch._inductor.codegen.cpp_wrapper_cpu
-        import torch._inductor.compile_fx
-        import torch._inductor.graph
-        import torch._inductor.lowering
-        import torch.utils.mkldnn  # noqa: F401
-
-
 @contextmanager
 def _recursion_limit_for(gm):
     """Inductor's memory planner recurses about once per 10 graph nodes (an HMM unrolled
@@ -157,8 +139,7 @@ BUILTIN_BACKENDS: dict[str, Backend] = {
     b.name: b for b in (
         Backend("eager", _eager, "replay the traced graph op by op"),
         Backend("jit", _torchscript, "TorchScript trace of the graph (legacy)"),
-        Backend("inductor", _inductor, "torch.compile / inductor: fused kernels",
-                _prepare_inductor),
+        Backend("inductor", _inductor, "torch.compile / inductor: fused kernels"),
     )
 }
 #: the name tests and older code used for the built-in table

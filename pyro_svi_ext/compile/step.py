@@ -34,7 +34,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
-from pyro_svi_ext.compile.background import BackgroundCompile
+from pyro_svi_ext.compile.background import BackgroundCompile, load_portable, portable
 from pyro_svi_ext.compile.guard import GraphCache, describe_change, step_key
 from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
 from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
@@ -144,6 +144,9 @@ class CompiledStep:
         self.pending: dict[tuple, _Pending] = {}
         #: steps taken through this object (eager, traced or compiled)
         self.steps = 0
+        #: ``(step, seconds)`` per graph compiled in the background: the step it was
+        #: first used at, and how long its compile took
+        self.swaps: list[tuple[int, float]] = []
         #: the last _run found its graph still compiling: the step runs eagerly
         self._not_ready = False
         self._plan: OptimPlan | None = None
@@ -350,29 +353,42 @@ class CompiledStep:
         eager step, as when compiling in place), and start the backend's compile on a
         background thread. Returns ``(graph without a compiled run, outputs)``."""
         traced = self._traced_step(layout, inputs, args, kwargs, plan)
+        try:
+            data = portable(writing_in_place(traced["gm"], layout))
+        except TypeError as why:  # an op a child process cannot be sent: compile here
+            logger.info("%s: compiling in place (%s)", type(self.elbo).__name__, why)
+            run, _ = compile_checked(
+                self.backends, writing_in_place(traced["gm"], layout), inputs, layout,
+                traced["reference"], traced["devices"], self.jit_options,
+                lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
+                rng_state=traced["rng_state"])
+            graph = _Graph(run, layout, traced["had_grad"])
+            self.graphs.put(key, graph)
+            self._commit(layout, inputs, traced["new_values"])
+            return graph, traced["reference"]
         copies = [t.detach().clone() if torch.is_tensor(t) else t for t in inputs]
-        production = writing_in_place(traced["gm"], layout)
-        if self.backend.prepare is not None:
-            self.backend.prepare()
-        job = BackgroundCompile(self.backend.compile, production, copies, self.backend.name)
-        self.pending[key] = _Pending(job, production, layout, traced["had_grad"], copies,
-                                     traced["reference"], traced["rng_state"],
+        job = BackgroundCompile(self.backend.name, data, copies)
+        self.pending[key] = _Pending(job, load_portable(data), layout, traced["had_grad"],
+                                     copies, traced["reference"], traced["rng_state"],
                                      traced["devices"], self.steps)
         self._commit(layout, inputs, traced["new_values"])
         return _Graph(None, layout, traced["had_grad"]), traced["reference"]
 
     def _swap_in(self, key: tuple, pending: _Pending) -> _Graph | None:
-        """Check a finished background compile against its traced graph (on this
-        thread: the check draws random numbers) and keep it; falls through the other
-        backends, compiled here, if it failed. None after giving up (eager for good)."""
+        """Compile the graph here from the cache the child process filled, check it
+        against its traced graph (the check draws random numbers: this thread) and keep
+        it; falls through the other backends, compiled here, if the child failed. None
+        after giving up (eager for good)."""
         del self.pending[key]
+        failure = pending.job.outcome()
+        precompiled = ({pending.job.name: (None, RuntimeError(
+            f"compile process failed: {failure}"))} if failure else None)
         try:
             run, backend = compile_checked(
                 self.backends, pending.production, pending.inputs, pending.layout,
                 pending.reference, pending.devices, self.jit_options,
                 lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
-                precompiled={pending.job.name: pending.job.outcome()},
-                rng_state=pending.rng_state)
+                precompiled=precompiled, rng_state=pending.rng_state)
         except Untraceable as why:
             self._give_up(str(why))
             return None
@@ -384,6 +400,7 @@ class CompiledStep:
                     pending.traced_at + 1)
         graph = _Graph(run, pending.layout, pending.had_grad)
         self.graphs.put(key, graph)
+        self.swaps.append((self.steps + 1, pending.job.seconds))
         return graph
 
     def wait_for_compiles(self, timeout: float | None = None) -> bool:

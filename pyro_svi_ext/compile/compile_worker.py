@@ -1,0 +1,55 @@
+"""The child process of :mod:`.background`: ``python -m
+pyro_svi_ext.compile.compile_worker GRAPH.pkl`` compiles a pickled step graph with a
+backend, which leaves the result in that backend's on-disk cache (inductor's FX graph
+cache), and exits 0; else prints the error and exits 1.
+
+``PYRO_SVI_EXT_COMPILE_GATE``: a file the child waits for before compiling (for tests
+that need a compile to be still running)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+import warnings
+
+
+def _example(description: tuple):
+    """An input like the one described (:func:`.background.describe_inputs`); tensors'
+    values do not matter to a compile."""
+    import torch
+
+    if description[0] == "value":
+        return description[1]
+    _, shape, stride, dtype, device, requires_grad = description
+    return torch.empty_strided(shape, stride, dtype=getattr(torch, dtype), device=device,
+                               requires_grad=requires_grad)
+
+
+def main(path: str) -> int:
+    import torch
+
+    from pyro_svi_ext.compile.backends import get_backend
+    from pyro_svi_ext.compile.background import load_portable
+
+    gate = os.environ.get("PYRO_SVI_EXT_COMPILE_GATE")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.05)
+    with open(path, "rb") as f:
+        payload = pickle.load(f)
+    torch.set_num_threads(payload["threads"])
+    inputs = [_example(description) for description in payload["inputs"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = load_portable(payload["graph"])
+        get_backend(payload["backend"]).compile(graph, inputs)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1]))
+    except Exception as err:  # reported by the parent as the compile's failure
+        print(f"{type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)
