@@ -181,3 +181,19 @@ def test_a_graph_sent_to_a_compile_process_keeps_its_random_draws_and_ops():
     # Python callables (operator.getitem on a tuple output) travel by name
     indexing = torch.fx.symbolic_trace(lambda x: operator.getitem(x, 1))
     assert torch.equal(load_portable(portable(indexing))(torch.arange(3.0)), torch.tensor(1.0))
+
+
+def test_an_interim_torchscript_graph_runs_while_inductor_compiles(gated_compiles):
+    _, eager_losses, eager = fit(JitTrace_ELBO(backend="eager"), 12)
+    svi, losses, params = fit(JitTrace_ELBO(), 12)  # auto: inductor behind a closed gate
+    step = compiled_step(svi.loss_fn)
+    (interim,) = step.graphs.values()
+    assert step.pending and interim.run is not None  # steps 3-12 ran the interim graph
+    assert losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-4)
+    for name in eager:
+        torch.testing.assert_close(params[name], eager[name], rtol=1e-5, atol=1e-6)
+    gated_compiles.touch()
+    assert svi.wait_for_compiles(600)
+    svi.step(*data())
+    (swapped,) = step.graphs.values()
+    assert swapped is not interim and not step.pending and step.swaps

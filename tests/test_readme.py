@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyro
 
+import pyro_svi_ext
 from pyro_svi_ext import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ def test_readme_python_examples_run():
             exec(compile(block, "README.md", "exec"), namespace)
     finally:
         registry.reload()
+        pyro_svi_ext.uninstall()
     assert namespace["elbo"].beta == 1.0
     assert len(namespace["losses"]) == 3 and all(map(math.isfinite, namespace["losses"]))
     assert pyro.param("loc").item() != 0.0  # the compiled steps moved the param

@@ -142,7 +142,8 @@ class BackgroundCompile:
             pickle.dump({"backend": backend, "graph": graph, "threads": torch.get_num_threads(),
                          "inputs": describe_inputs(inputs)}, f)
         self._log = open(Path(self._dir.name) / "stderr.txt", "w+b")
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        # one compile thread: the other core is the training step's
+        env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHINDUCTOR_COMPILE_THREADS="1")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "pyro_svi_ext.compile.compile_worker", str(payload)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env=env)

@@ -308,6 +308,11 @@ class CompiledStep:
         """The graph and its outputs for this call (compiling and verifying a new graph),
         or ``(None, None)`` after falling back to eager for good (``dynamic_reason``)."""
         key = step_key(params, side, args, kwargs, plan)
+        if self.pending:  # a background compile that has ended replaces the interim graph
+            pending = self.pending.get(key)
+            if pending is not None and pending.job.done() and \
+                    self._swap_in(key, pending) is None:
+                return None, None
         graph = self.graphs.get(key)
         state = plan.inputs if plan is not None else []
         if graph is not None:
@@ -317,15 +322,9 @@ class CompiledStep:
                 return graph, graph.run(*graph.layout.inputs(params, state, side, args))
             finally:
                 torch._C._set_grad_enabled(grad_was)
-        pending = self.pending.get(key)
-        if pending is not None:
-            if not pending.job.done():
-                self._not_ready = True  # this step runs eagerly; the graph is not ready
-                return None, None
-            graph = self._swap_in(key, pending)
-            if graph is None:
-                return None, None
-            return self._run(params, side, args, kwargs, plan)
+        if key in self.pending:  # compiling, and no interim graph: this step is eager
+            self._not_ready = True
+            return None, None
         if self.graphs or self.pending:
             newest = self.graphs.newest_key() if self.graphs else next(reversed(self.pending))
             change = describe_change(newest, key, self.param_names, self.side_names)
@@ -371,8 +370,32 @@ class CompiledStep:
         self.pending[key] = _Pending(job, load_portable(data), layout, traced["had_grad"],
                                      copies, traced["reference"], traced["rng_state"],
                                      traced["devices"], self.steps)
+        interim = self._interim(layout, inputs, traced)
+        if interim is not None:
+            self.graphs.put(key, interim)
         self._commit(layout, inputs, traced["new_values"])
         return _Graph(None, layout, traced["had_grad"]), traced["reference"]
+
+    def _interim(self, layout: StepLayout, inputs: list, traced: dict) -> _Graph | None:
+        """A graph for the steps while inductor compiles in the background: the next
+        backend of the chain (TorchScript under ``"auto"``), compiled here (0.2-0.4 s on
+        BLR and the GMM, about 0.35 ms a step after), checked like any graph; None when
+        there is no other backend or it fails (then those steps are eager)."""
+        rest = [b for b in self.backends[1:] if b.name != "eager"]
+        if not rest:
+            return None
+        try:
+            run, backend = compile_checked(
+                rest, writing_in_place(traced["gm"], layout), inputs, layout,
+                traced["reference"], traced["devices"], self.jit_options,
+                lambda m: logger.info("%s: interim graph: %s", type(self.elbo).__name__, m),
+                rng_state=traced["rng_state"], quiet=True)
+        except Untraceable as why:
+            logger.info("%s: no interim graph (%s)", type(self.elbo).__name__, why)
+            return None
+        logger.info("%s: interim graph compiled with %r while inductor compiles",
+                    type(self.elbo).__name__, backend)
+        return _Graph(run, layout, traced["had_grad"])
 
     def _swap_in(self, key: tuple, pending: _Pending) -> _Graph | None:
         """Compile the graph here from the cache the child process filled, check it

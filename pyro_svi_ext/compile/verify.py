@@ -31,8 +31,8 @@ def all_close(want: list, got: list) -> bool:
 def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
                     inputs: list, layout: StepLayout, reference, devices: list,
                     jit_options: dict | None, notify: Callable[[str], None],
-                    precompiled: dict | None = None, rng_state: tuple | None = None
-                    ) -> Callable:
+                    precompiled: dict | None = None, rng_state: tuple | None = None,
+                    quiet: bool = False) -> Callable:
     """The first backend's compiled ``production`` graph whose outputs (and in-place
     writes, done on copies) match ``reference``, the traced graph's outputs on the same
     draws, and its name. Failing backends are removed from ``backends`` (while another
@@ -41,7 +41,8 @@ def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
 
     ``precompiled``: ``{backend name: (callable, error)}`` compiled elsewhere (a
     background thread), used instead of compiling again. ``rng_state``: ``(cpu state,
-    [cuda states])`` the reference drew from, when the generators have moved on since."""
+    [cuda states])`` the reference drew from, when the generators have moved on since.
+    ``quiet``: no :class:`LegacyBackendWarning` (an interim graph, not the user's choice)."""
     targets = [inputs[i] for i in layout.written_inputs]
     n_new = len(targets)
     failures = []
@@ -54,7 +55,8 @@ def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
             # user's: under -W error they would make every backend fail
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                warnings.simplefilter("default", LegacyBackendWarning)  # ours, once
+                if not quiet:
+                    warnings.simplefilter("default", LegacyBackendWarning)  # ours, once
                 if precompiled and backend.name in precompiled:
                     run, error = precompiled[backend.name]
                     if error is not None:
