@@ -154,6 +154,15 @@ def test_an_enumerated_hmm_trains_while_it_compiles():
     background, svi = run(JitTraceEnum_ELBO(max_plate_nesting=0), 30)
     assert background == pytest.approx(eager, rel=1e-4)
     assert svi.wait_for_compiles(900)
+    svi.step(obs)
+    step = compiled_step(svi.loss_fn)
+    assert step.swaps and not step.pending
+    # the child's compile is recorded: a later run of this large graph (over
+    # LARGE_GRAPH nodes) compiles in place from the cache instead of in the background
+    again, svi = run(JitTraceEnum_ELBO(max_plate_nesting=0), 3)
+    step = compiled_step(svi.loss_fn)
+    assert not step.pending and len(step.graphs) == 1 and not step.swaps
+    assert again == pytest.approx(eager[:3], rel=1e-4)
 
 
 def test_a_graph_sent_to_a_compile_process_keeps_its_random_draws_and_ops():

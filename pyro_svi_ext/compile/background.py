@@ -18,6 +18,8 @@ global generator) stay in the step's process and thread.
 from __future__ import annotations
 
 import atexit
+import getpass
+import hashlib
 import importlib
 import os
 import pickle
@@ -122,6 +124,45 @@ def _decode(value, made: dict):
     if isinstance(value, dict):
         return {k: _decode(v, made) for k, v in value.items()}
     return value
+
+
+def inductor_cache_dir() -> Path:
+    """Where inductor keeps its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, else its
+    per-user default)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return Path(cache_dir())
+    except ImportError:  # pragma: no cover - other torch layouts
+        return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+                    or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")
+
+
+def cache_marker(backend: str, data: dict, inputs: list) -> Path:
+    """A file that says a child process compiled this graph into the cache before (this
+    package's own record beside inductor's cache: inductor can only tell a hit by doing
+    most of a compile). Keyed by the graph, its tensors, the inputs' layout, the thread
+    count and the torch version."""
+    digest = hashlib.sha256(pickle.dumps(
+        (backend, data["nodes"], describe_inputs(inputs), torch.get_num_threads(),
+         torch.__version__)))
+    for name, value in sorted(data["tensors"].items()):  # (a pickled tensor's bytes vary)
+        digest.update(name.encode())
+        if torch.is_tensor(value):
+            digest.update(repr((value.shape, value.dtype)).encode())
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8)
+                          .numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return inductor_cache_dir() / "pyro_svi_ext" / digest.hexdigest()
+
+
+def mark_cached(marker: Path) -> None:
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only cache: later runs compile in the background again
+        pass
 
 
 class BackgroundCompile:

@@ -34,7 +34,13 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
-from pyro_svi_ext.compile.background import BackgroundCompile, load_portable, portable
+from pyro_svi_ext.compile.background import (
+    BackgroundCompile,
+    cache_marker,
+    load_portable,
+    mark_cached,
+    portable,
+)
 from pyro_svi_ext.compile.guard import GraphCache, describe_change, step_key
 from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
 from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
@@ -87,10 +93,17 @@ class _Pending:
     rng_state: tuple
     devices: list
     traced_at: int
+    marker: object = None
 
-#: backends whose compile runs on a background thread (the slow ones); the others
-#: compile on the step's thread
+#: backends whose compile runs in a child process (the slow ones); the others compile in
+#: place
 BACKGROUND_BACKENDS = ("inductor",)
+#: graphs with more nodes than this compile in place when the cache already holds them.
+#: Measured (2,000 steps, 2 cores, warm cache): the HMM K=4 T=100 (7,950 nodes) took
+#: 18.1 s with an interim TorchScript graph (5.3 s to compile it, 5.6 ms a step) against
+#: 6.0 s compiling in place from the cache; RenyiELBO with 8 sequential particles (2,522
+#: nodes) 5.1 s against 3.5 s; BLR (474 nodes) 1.7 s against 2.4 s.
+LARGE_GRAPH = 1000
 
 
 class CompiledStep:
@@ -365,11 +378,24 @@ class CompiledStep:
             self.graphs.put(key, graph)
             self._commit(layout, inputs, traced["new_values"])
             return graph, traced["reference"]
+        marker = cache_marker(self.backend.name, data, inputs)
+        if len(data["nodes"]) > LARGE_GRAPH and marker.exists():  # a cache hit: here
+            run, backend = compile_checked(
+                self.backends, load_portable(data), inputs, layout, traced["reference"],
+                traced["devices"], self.jit_options,
+                lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
+                rng_state=traced["rng_state"])
+            logger.info("%s: compiled in place from the cache with %r",
+                        type(self.elbo).__name__, backend)
+            graph = _Graph(run, layout, traced["had_grad"])
+            self.graphs.put(key, graph)
+            self._commit(layout, inputs, traced["new_values"])
+            return graph, traced["reference"]
         copies = [t.detach().clone() if torch.is_tensor(t) else t for t in inputs]
         job = BackgroundCompile(self.backend.name, data, copies)
         self.pending[key] = _Pending(job, load_portable(data), layout, traced["had_grad"],
                                      copies, traced["reference"], traced["rng_state"],
-                                     traced["devices"], self.steps)
+                                     traced["devices"], self.steps, marker)
         interim = self._interim(layout, inputs, traced)
         if interim is not None:
             self.graphs.put(key, interim)
@@ -424,6 +450,8 @@ class CompiledStep:
         graph = _Graph(run, pending.layout, pending.had_grad)
         self.graphs.put(key, graph)
         self.swaps.append((self.steps + 1, pending.job.seconds))
+        if backend == pending.job.name and pending.marker is not None:
+            mark_cached(pending.marker)
         return graph
 
     def wait_for_compiles(self, timeout: float | None = None) -> bool:
