@@ -128,9 +128,10 @@ def test_the_compile_count_is_zero_for_an_eager_estimator():
     assert svi.compiles == 0 and svi.wait_for_compiles(0)
 
 
-def test_an_enumerated_hmm_trains_while_it_compiles():
+def test_an_enumerated_hmm_trains_while_it_compiles(tmp_path, monkeypatch):
     """The case that motivated it: a long enumerated chain (a minute or more of cold
-    inductor compile); 30 steps run eagerly meanwhile and give the eager numbers."""
+    inductor compile); 30 steps run meanwhile and give the eager numbers."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # cold
     T = 40
     obs = torch.randn(T)
 

@@ -171,7 +171,8 @@ class BackgroundCompile:
     (``python -m pyro_svi_ext.compile.compile_worker``) that fills the on-disk cache.
     :meth:`done` polls; :meth:`outcome` is ``None`` or the child's error line."""
 
-    def __init__(self, backend: str, graph: dict, inputs: list) -> None:
+    def __init__(self, backend: str, graph: dict, inputs: list,
+                 marker: Path | None = None) -> None:
         self.name = backend
         self._proc = None
         self.started = time.perf_counter()
@@ -181,7 +182,8 @@ class BackgroundCompile:
         with open(payload, "wb") as f:
             # the thread count is part of the generated code, so of the cache key
             pickle.dump({"backend": backend, "graph": graph, "threads": torch.get_num_threads(),
-                         "inputs": describe_inputs(inputs)}, f)
+                         "inputs": describe_inputs(inputs),
+                         "marker": None if marker is None else str(marker)}, f)
         self._log = open(Path(self._dir.name) / "stderr.txt", "w+b")
         # one compile thread: the other core is the training step's
         env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHINDUCTOR_COMPILE_THREADS="1")

@@ -13,6 +13,7 @@ import pickle
 import sys
 import time
 import warnings
+from pathlib import Path
 
 
 def _example(description: tuple):
@@ -31,7 +32,7 @@ def main(path: str) -> int:
     import torch
 
     from pyro_svi_ext.compile.backends import get_backend
-    from pyro_svi_ext.compile.background import load_portable
+    from pyro_svi_ext.compile.background import load_portable, mark_cached
 
     gate = os.environ.get("PYRO_SVI_EXT_COMPILE_GATE")
     while gate and not os.path.exists(gate):
@@ -44,6 +45,8 @@ def main(path: str) -> int:
         warnings.simplefilter("ignore")
         graph = load_portable(payload["graph"])
         get_backend(payload["backend"]).compile(graph, inputs)
+    if payload.get("marker"):  # the next run with this graph may compile in place
+        mark_cached(Path(payload["marker"]))
     return 0
 
 

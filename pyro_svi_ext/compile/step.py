@@ -38,7 +38,6 @@ from pyro_svi_ext.compile.background import (
     BackgroundCompile,
     cache_marker,
     load_portable,
-    mark_cached,
     portable,
 )
 from pyro_svi_ext.compile.guard import GraphCache, describe_change, step_key
@@ -93,7 +92,6 @@ class _Pending:
     rng_state: tuple
     devices: list
     traced_at: int
-    marker: object = None
 
 #: backends whose compile runs in a child process (the slow ones); the others compile in
 #: place
@@ -392,10 +390,10 @@ class CompiledStep:
             self._commit(layout, inputs, traced["new_values"])
             return graph, traced["reference"]
         copies = [t.detach().clone() if torch.is_tensor(t) else t for t in inputs]
-        job = BackgroundCompile(self.backend.name, data, copies)
+        job = BackgroundCompile(self.backend.name, data, copies, marker)
         self.pending[key] = _Pending(job, load_portable(data), layout, traced["had_grad"],
                                      copies, traced["reference"], traced["rng_state"],
-                                     traced["devices"], self.steps, marker)
+                                     traced["devices"], self.steps)
         interim = self._interim(layout, inputs, traced)
         if interim is not None:
             self.graphs.put(key, interim)
@@ -450,8 +448,6 @@ class CompiledStep:
         graph = _Graph(run, pending.layout, pending.had_grad)
         self.graphs.put(key, graph)
         self.swaps.append((self.steps + 1, pending.job.seconds))
-        if backend == pending.job.name and pending.marker is not None:
-            mark_cached(pending.marker)
         return graph
 
     def wait_for_compiles(self, timeout: float | None = None) -> bool:
