@@ -207,3 +207,16 @@ def test_an_interim_torchscript_graph_runs_while_inductor_compiles(gated_compile
     svi.step(*data())
     (swapped,) = step.graphs.values()
     assert swapped is not interim and not step.pending and step.swaps
+
+
+def test_a_shape_that_changes_every_call_starts_at_most_two_compiles(gated_compiles):
+    x, y = data(40)
+    batches = [(x[:n], y[:n]) for n in range(10, 18)]  # eight shapes
+    from pyro_svi_ext import Trace_ELBO
+
+    _, eager_losses, _ = fit(Trace_ELBO(), 16, batches=batches)
+    with pytest.warns(RuntimeWarning, match="compiling again"):
+        svi, losses, _ = fit(JitTrace_ELBO(backend="inductor"), 16, batches=batches)
+    step = compiled_step(svi.loss_fn)
+    assert len(step.pending) == 2 and svi.compiles == 2  # the others ran eagerly
+    assert losses == pytest.approx(eager_losses, rel=1e-5)

@@ -34,6 +34,8 @@ def main(path: str) -> int:
     from pyro_svi_ext.compile.backends import get_backend
     from pyro_svi_ext.compile.background import load_portable, mark_cached
 
+    if hasattr(os, "nice"):  # the training step comes first where both want a core
+        os.nice(10)
     gate = os.environ.get("PYRO_SVI_EXT_COMPILE_GATE")
     while gate and not os.path.exists(gate):
         time.sleep(0.05)

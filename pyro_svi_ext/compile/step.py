@@ -102,6 +102,9 @@ BACKGROUND_BACKENDS = ("inductor",)
 #: 6.0 s compiling in place from the cache; RenyiELBO with 8 sequential particles (2,522
 #: nodes) 5.1 s against 3.5 s; BLR (474 nodes) 1.7 s against 2.4 s.
 LARGE_GRAPH = 1000
+#: compile processes at once per step object; a new shape beyond that runs eagerly
+#: until one ends (a shape that changes on every call must not start a process each)
+MAX_PENDING = 2
 
 
 class CompiledStep:
@@ -333,7 +336,10 @@ class CompiledStep:
                 return graph, graph.run(*graph.layout.inputs(params, state, side, args))
             finally:
                 torch._C._set_grad_enabled(grad_was)
-        if key in self.pending:  # compiling, and no interim graph: this step is eager
+        if key in self.pending or (len(self.pending) >= MAX_PENDING and
+                                   self.background_compile):
+            # compiling, and no interim graph; or enough compiles running already (inputs
+            # whose shape changes on every call): this step is eager
             self._not_ready = True
             return None, None
         if self.graphs or self.pending:
