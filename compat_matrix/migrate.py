@@ -4,7 +4,7 @@ scenario and missing quantity reported as a difference (never skipped)."""
 
 from __future__ import annotations
 
-from compat_matrix.compare import deviation, kind
+from compat_matrix.compare import deviation
 from compat_matrix.quantities import TOLERANCES, error_line
 from compat_matrix.schema import IMPLEMENTATIONS
 from compat_matrix.versions import Side
@@ -47,7 +47,7 @@ def compare_scenario(a: Side, b: Side, scenario: str, va: dict, vb: dict) -> lis
                 missing = a.label if q not in qa else b.label
                 rows.append({**row, "status": MISSING, "detail": f"not computed on {missing}"})
                 continue
-            rtol, atol, _ = TOLERANCES[kind(f"x.{q}")]
+            rtol, atol, _ = TOLERANCES[q]
             ok, worst, where = deviation(vb[f"{ib}.{q}"], va[f"{ia}.{q}"], rtol, atol)
             rows.append({**row, "status": SAME if ok else CHANGED, "deviation": worst,
                          "where": where,

@@ -1,14 +1,15 @@
 """Compiling a traced step graph in a child process, so that training never waits for
-the compiler: the eager step keeps running until the child has compiled the graph into
-inductor's on-disk cache; the step then compiles it again from that cache (about 1 s
-instead of 8 s or minutes), checks it and swaps it in (:mod:`.step`).
+the compiler: an interim graph or the eager step keeps running until the child has
+compiled the graph into inductor's on-disk cache; the step then compiles it again from
+that cache (about 1.5 s instead of 8 s or a minute), checks it and swaps it in
+(:mod:`.step`).
 
 A process, not a thread. Measured on 2 cores (torch 2.13, BLR N=1000, one torch thread,
 2,000 steps, ``benchmarks/bench_time_to_fit.py``): with the compile on a thread, the
 compiler's Python (code generation, ~1.3 s of imports) and the eager steps take turns
 at the GIL, each at about half speed: 5.9 s to 2,000 steps from a cold cache and 5.8 s
 from a warm one (the compile never finished), against 3.0 s eager. In a child process
-the compile runs on the other core; see the closing figures in ``benchmarks/README.md``.
+the compile runs on the other core (figures: the README's "No compile wall").
 
 Only the compile runs in the child. Tracing (which runs the model under Pyro's global
 handler stack), the reference run and the verification run (which draw from torch's

@@ -121,11 +121,12 @@ class CompiledStep:
     :param jit_options: keyword arguments of ``torch.jit.trace`` for the ``"jit"`` backend.
     :param ignore_warnings: silence the warnings raised while the step is traced, and log
         fallbacks instead of warning.
-    :param background_compile: compile inductor graphs on a background thread while
-        the eager step keeps training; the graph is checked and swapped in at the first
-        step after it is ready (``False``: wait for the compile, as on the step after
-        the first). The results are those of the eager step until the swap, and of the
-        compiled graph after it (the same up to float rounding).
+    :param background_compile: compile inductor graphs in a child process while an
+        interim graph (the next backend of the chain) or the eager step keeps training;
+        the graph is checked and swapped in at the first step after it is ready
+        (``False``: wait for the compile, as on the step after the first). The results
+        are the interim or eager step's until the swap, and the compiled graph's after
+        it (the same up to float rounding).
     """
 
     def __init__(self, elbo, model: Callable, guide: Callable, backend: str = "auto",
@@ -305,18 +306,27 @@ class CompiledStep:
         that the compiled graph gives the traced graph's results. Returns ``(graph,
         traced outputs)``; the traced step's new values are written."""
         traced = self._traced_step(layout, inputs, args, kwargs, plan)
+        graph = self._compile_here(layout, inputs, traced, writing_in_place(traced["gm"],
+                                                                            layout))
+        return graph, traced["reference"]
+
+    def _compile_here(self, layout: StepLayout, inputs: list, traced: dict,
+                      production: torch.fx.GraphModule) -> _Graph:
+        """Compile ``production`` in this process with the backend chain, checked against
+        the traced step (:meth:`_traced_step`'s ``traced``), then write the traced step's
+        new values. :class:`Untraceable` when no backend reproduces it."""
         started = time.perf_counter()
         run, backend = compile_checked(
-            self.backends, writing_in_place(traced["gm"], layout), inputs, layout,
-            traced["reference"], traced["devices"], self.jit_options,
-            lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 8),
+            self.backends, production, inputs, layout, traced["reference"],
+            traced["devices"], self.jit_options,
+            lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
             rng_state=traced["rng_state"])
         logger.info("%s: compiled the %s with backend %r in %.2f s (graph %d)",
                     type(self.elbo).__name__,
                     "whole SVI step" if layout.whole_step else "loss and gradients",
                     backend, time.perf_counter() - started, self.compiles)
         self._commit(layout, inputs, traced["new_values"])
-        return _Graph(run, layout, traced["had_grad"]), traced["reference"]
+        return _Graph(run, layout, traced["had_grad"])
 
     def _run(self, params: list, side: list, args: tuple, kwargs: dict, plan):
         """The graph and its outputs for this call (compiling and verifying a new graph),
@@ -366,47 +376,38 @@ class CompiledStep:
     def _trace_and_submit(self, key: tuple, layout: StepLayout, inputs: list, args: tuple,
                           kwargs: dict, plan):
         """Trace the step, take this step with the traced graph (checked against the
-        eager step, as when compiling in place), and start the backend's compile on a
-        background thread. Returns ``(graph without a compiled run, outputs)``."""
+        eager step, as when compiling in place), start the backend's compile in a child
+        process and compile an interim graph here. Returns ``(graph, outputs)``; the
+        graph has no compiled run when the caller gets the traced step's outputs.
+        Compiles in place instead for a graph that cannot be sent to a child, or a large
+        one the cache already holds."""
         traced = self._traced_step(layout, inputs, args, kwargs, plan)
+        production = writing_in_place(traced["gm"], layout)
         try:
-            data = portable(writing_in_place(traced["gm"], layout))
+            data = portable(production)
         except TypeError as why:  # an op a child process cannot be sent: compile here
             logger.info("%s: compiling in place (%s)", type(self.elbo).__name__, why)
-            run, _ = compile_checked(
-                self.backends, writing_in_place(traced["gm"], layout), inputs, layout,
-                traced["reference"], traced["devices"], self.jit_options,
-                lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
-                rng_state=traced["rng_state"])
-            graph = _Graph(run, layout, traced["had_grad"])
+            data = None
+        marker = None if data is None else cache_marker(self.backend.name, data, inputs)
+        if data is None or (len(data["nodes"]) > LARGE_GRAPH and marker.exists()):
+            # in place: unsendable, or a large graph the cache already holds
+            graph = self._compile_here(layout, inputs, traced, production if data is None
+                                       else load_portable(data))
             self.graphs.put(key, graph)
-            self._commit(layout, inputs, traced["new_values"])
-            return graph, traced["reference"]
-        marker = cache_marker(self.backend.name, data, inputs)
-        if len(data["nodes"]) > LARGE_GRAPH and marker.exists():  # a cache hit: here
-            run, backend = compile_checked(
-                self.backends, load_portable(data), inputs, layout, traced["reference"],
-                traced["devices"], self.jit_options,
-                lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
-                rng_state=traced["rng_state"])
-            logger.info("%s: compiled in place from the cache with %r",
-                        type(self.elbo).__name__, backend)
-            graph = _Graph(run, layout, traced["had_grad"])
-            self.graphs.put(key, graph)
-            self._commit(layout, inputs, traced["new_values"])
             return graph, traced["reference"]
         copies = [t.detach().clone() if torch.is_tensor(t) else t for t in inputs]
         job = BackgroundCompile(self.backend.name, data, copies, marker)
         self.pending[key] = _Pending(job, load_portable(data), layout, traced["had_grad"],
                                      copies, traced["reference"], traced["rng_state"],
                                      traced["devices"], self.steps)
-        interim = self._interim(layout, inputs, traced)
+        interim = self._interim(layout, inputs, traced, production)
         if interim is not None:
             self.graphs.put(key, interim)
         self._commit(layout, inputs, traced["new_values"])
         return _Graph(None, layout, traced["had_grad"]), traced["reference"]
 
-    def _interim(self, layout: StepLayout, inputs: list, traced: dict) -> _Graph | None:
+    def _interim(self, layout: StepLayout, inputs: list, traced: dict,
+                 production: torch.fx.GraphModule) -> _Graph | None:
         """A graph for the steps while inductor compiles in the background: the next
         backend of the chain (TorchScript under ``"auto"``), compiled here (0.2-0.4 s on
         BLR and the GMM, about 0.35 ms a step after), checked like any graph; None when
@@ -416,7 +417,7 @@ class CompiledStep:
             return None
         try:
             run, backend = compile_checked(
-                rest, writing_in_place(traced["gm"], layout), inputs, layout,
+                rest, production, inputs, layout,
                 traced["reference"], traced["devices"], self.jit_options,
                 lambda m: logger.info("%s: interim graph: %s", type(self.elbo).__name__, m),
                 rng_state=traced["rng_state"], quiet=True)
@@ -434,14 +435,14 @@ class CompiledStep:
         after giving up (eager for good)."""
         del self.pending[key]
         failure = pending.job.outcome()
-        precompiled = ({pending.job.name: (None, RuntimeError(
-            f"compile process failed: {failure}"))} if failure else None)
+        failed = ({pending.job.name: RuntimeError(f"compile process failed: {failure}")}
+                  if failure else None)
         try:
             run, backend = compile_checked(
                 self.backends, pending.production, pending.inputs, pending.layout,
                 pending.reference, pending.devices, self.jit_options,
                 lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
-                precompiled=precompiled, rng_state=pending.rng_state)
+                failed=failed, rng_state=pending.rng_state)
         except Untraceable as why:
             self._give_up(str(why))
             return None

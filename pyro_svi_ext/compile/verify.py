@@ -31,7 +31,7 @@ def all_close(want: list, got: list) -> bool:
 def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
                     inputs: list, layout: StepLayout, reference, devices: list,
                     jit_options: dict | None, notify: Callable[[str], None],
-                    precompiled: dict | None = None, rng_state: tuple | None = None,
+                    failed: dict | None = None, rng_state: tuple | None = None,
                     quiet: bool = False) -> Callable:
     """The first backend's compiled ``production`` graph whose outputs (and in-place
     writes, done on copies) match ``reference``, the traced graph's outputs on the same
@@ -39,8 +39,8 @@ def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
     is left) and named, each with its reason, in one ``notify`` call;
     :class:`Untraceable` when none is left.
 
-    ``precompiled``: ``{backend name: (callable, error)}`` compiled elsewhere (a
-    background thread), used instead of compiling again. ``rng_state``: ``(cpu state,
+    ``failed``: ``{backend name: exception}`` for backends that failed elsewhere (a
+    compile child process): counted as failing without compiling again. ``rng_state``: ``(cpu state,
     [cuda states])`` the reference drew from, when the generators have moved on since.
     ``quiet``: no :class:`LegacyBackendWarning` (an interim graph, not the user's choice)."""
     targets = [inputs[i] for i in layout.written_inputs]
@@ -57,12 +57,9 @@ def compile_checked(backends: list[Backend], production: torch.fx.GraphModule,
                 warnings.simplefilter("ignore")
                 if not quiet:
                     warnings.simplefilter("default", LegacyBackendWarning)  # ours, once
-                if precompiled and backend.name in precompiled:
-                    run, error = precompiled[backend.name]
-                    if error is not None:
-                        raise error
-                else:
-                    run = backend.compile(production, inputs, **options)
+                if failed and backend.name in failed:
+                    raise failed[backend.name]
+                run = backend.compile(production, inputs, **options)
                 with torch.no_grad(), torch.random.fork_rng(devices=devices):
                     if rng_state is not None:
                         torch.set_rng_state(rng_state[0])

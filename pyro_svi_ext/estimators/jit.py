@@ -37,11 +37,12 @@ _DOC = """:class:`{base}` with its SVI step compiled after a first eager step.
         ``"inductor"`` (torch.compile's compiler, fused C++/Triton kernels), ``"jit"``
         (TorchScript, legacy; takes ``jit_options``), ``"eager"`` (replay of the traced
         graph), or a plugin's.
-    :param background_compile: ``True`` (default): an inductor graph compiles on a
-        background thread while the eager step keeps training, and is checked and
-        swapped in at the first step after it is ready, so no step waits for the
-        compiler (a cold inductor compile of a long enumerated chain takes minutes).
-        ``False``: the step after the first waits for the compile.
+    :param background_compile: ``True`` (default): an inductor graph compiles in a
+        child process while an interim TorchScript graph (under ``"auto"``) or the eager
+        step keeps training, and is checked and swapped in at the first step after it
+        is ready, so no step waits for the compiler (a cold inductor compile of a long
+        enumerated chain takes about a minute). ``False``: the step after the first
+        waits for the compile.
     {extra}"""
 
 
