@@ -24,3 +24,10 @@ class EmptyPosteriorError(ValueError):
 class NonFiniteLossWarning(UserWarning):
     """A loss came out NaN or infinite without pyro validation (the estimator's notice),
     or :class:`~pyro_svi_ext.SVI` skipped a step for it."""
+
+
+class DistributedStepError(RuntimeError):
+    """A data-parallel step could not complete on every process: another rank raised
+    (its rank and error are named), the ranks disagree on the model's structure, or a
+    rank died or hung past the timeout. Raised on every rank alike; no parameter or
+    optimizer state was changed by the failed step."""

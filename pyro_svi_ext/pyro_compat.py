@@ -9,6 +9,7 @@ Where Pyro has public API for a need, the package uses that instead (e.g.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -25,8 +26,38 @@ DO_NOT_TRACE = "_do_not_trace"
 
 def is_subsample(fn: object) -> bool:
     """Whether a sample site's distribution is a plate's index draw (Pyro's private
-    ``_Subsample``), not a random variable."""
-    return type(fn).__name__ == "_Subsample"
+    ``_Subsample``, or :func:`block_subsample`'s), not a random variable."""
+    return type(fn).__name__ in ("_Subsample", "_BlockSubsample")
+
+
+def block_subsample(fn: object, start: int, stop: int, draw: int | None,
+                    within: int | None = None) -> object:
+    """A plate's index draw like ``fn`` (a ``_Subsample`` of ``fn.size``), but from the
+    block ``[start, stop)`` of the plate: all of it (``draw=None``), or ``draw`` indices
+    drawn at random from it. With ``within=k``, the draw is the one ``fn`` itself would
+    make of ``k`` indices (the same random numbers), of which it keeps positions
+    ``[start, stop)``. ``full_block`` tells the recorder the indices are known."""
+    block = _block_subsample_class()(fn.size, draw, device=fn.device)
+    block.start, block.stop, block.within = start, stop, within
+    block.full_block = draw is None and within is None
+    return block
+
+
+@functools.cache
+def _block_subsample_class() -> type:
+    from pyro.poutine.subsample_messenger import _Subsample
+
+    class _BlockSubsample(_Subsample):
+        def sample(self, sample_shape: torch.Size = ()) -> torch.Tensor:
+            if self.within is not None:
+                drawn = torch.randperm(self.size, device=self.device)[:self.within]
+                return drawn[self.start:self.stop]
+            if self.subsample_size is None:
+                return torch.arange(self.start, self.stop, device=self.device)
+            block = torch.randperm(self.stop - self.start, device=self.device)
+            return self.start + block[:self.subsample_size]
+
+    return _BlockSubsample
 
 
 def enumerate_dim(infer: dict) -> int | None:
@@ -142,6 +173,8 @@ def _probe_messages() -> None:
 
     nodes = trace(pyro.poutine.enum(model, first_available_dim=-2)).get_trace().nodes
     assert is_subsample(nodes["p"]["fn"]) and not is_subsample(nodes["z"]["fn"])
+    block = block_subsample(nodes["p"]["fn"], 1, 3, 1)
+    assert is_subsample(block) and 1 <= int(block.sample()) < 3
     assert enumerate_dim(nodes["z"]["infer"]) == -2
     assert -2 in dim_ids(nodes["z"]["infer"])
     assert not hidden_from_traces(nodes["z"]["infer"])

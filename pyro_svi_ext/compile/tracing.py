@@ -4,6 +4,7 @@ put back afterwards."""
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import pyro
@@ -56,6 +57,7 @@ def pyro_modules_bound_to(callables, names: list[str], values: list[torch.Tensor
     bound = dict(zip(names, values, strict=True))
     saved: list = []
     for fn in callables:
+        fn = inspect.unwrap(fn)  # e.g. DistributedSVI's sharded guide
         if not isinstance(fn, torch.nn.Module):
             continue
         for sub, name, key in pyro_module_slots(fn):

@@ -157,14 +157,14 @@ class SVI(TracePosterior):
         names_before = set(store.keys())
         try:
             loss, params = self._run_loss_and_grads(args, kwargs)
+            # one update per tensor, also when a tensor has two param-store names (one
+            # network registered by pyro.module under two names), as in Pyro
+            tensors = list({id(p): p for p in params.values()}.values())
+            value = self._combine(_as_float(loss), params)
         except BaseException:
             for name in set(store.keys()) - names_before:
                 del store[name]
             raise
-        # one update per tensor, also when a tensor has two param-store names (one
-        # network registered by pyro.module under two names), as in Pyro
-        tensors = list({id(p): p for p in params.values()}.values())
-        value = _as_float(loss)
         try:
             if isinstance(value, tuple) or math.isfinite(value):
                 self._optim_step(tensors)
@@ -173,6 +173,12 @@ class SVI(TracePosterior):
             if grads:
                 torch._foreach_zero_(grads)
         return value
+
+    def _combine(self, loss: float | tuple, params: dict[str, torch.Tensor]) -> float | tuple:
+        """Between the gradients and the update: what a subclass does with them (a
+        data-parallel SVI averages them over processes); returns the step's loss. Here:
+        nothing. A subclass that raises leaves no gradient behind."""
+        return loss
 
     @property
     def compiles(self) -> int:

@@ -73,9 +73,8 @@ class SiteRecorder(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         if is_subsample(msg["fn"]):
             indices = self.replay_subsamples.get(msg["name"])
-            if indices is None and not msg["is_observed"]:
-                fn = msg["fn"]
-                indices = constant_indices(fn.size, fn.subsample_size, fn.device)
+            if indices is None and msg["value"] is None and not msg["is_observed"]:
+                indices = constant_indices(msg["fn"])
             if indices is not None and not msg["is_observed"]:
                 msg["value"] = indices
                 msg["done"] = True
@@ -115,7 +114,8 @@ class SiteRecorder(Messenger):
             return
         if is_subsample(msg["fn"]):
             self.subsamples[msg["name"]] = msg["value"]
-            if msg["value"].numel() < msg["fn"].size:
+            if msg["value"].numel() < msg["fn"].size and not getattr(msg["fn"], "full_block",
+                                                                      False):
                 self.subsampled_plates.add(msg["name"])
             return
         if hidden_from_traces(msg["infer"]):

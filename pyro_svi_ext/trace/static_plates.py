@@ -27,25 +27,32 @@ def full_plates_are_constant() -> Iterator[None]:
         _ACTIVE.pop()
 
 
-def constant_indices(size: int, subsample_size: int | None, device) -> torch.Tensor | None:
-    """``arange(size)`` as a real tensor when active and the plate is full, else None."""
-    if not _ACTIVE[-1] or (subsample_size is not None and subsample_size < size):
+def constant_indices(fn) -> torch.Tensor | None:
+    """The indices of a plate's index draw ``fn`` as a real tensor when active and the
+    plate is full (``arange(size)``) or a full block of it (``arange(start, stop)``, a
+    data-parallel shard), else None."""
+    start, stop = 0, fn.size
+    if getattr(fn, "full_block", False):
+        start, stop = fn.start, fn.stop
+    elif fn.subsample_size is not None and fn.subsample_size < fn.size:
+        return None
+    if not _ACTIVE[-1]:
         return None
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
     with unset_fake_temporarily(), disable_proxy_modes_tracing():
-        indices = torch.arange(size, device=device).as_subclass(_KnownIndices)
-    indices.count = size
+        indices = torch.arange(start, stop, device=fn.device).as_subclass(_KnownIndices)
+    indices.bounds = (start, stop)
     return indices
 
 
 class _KnownIndices(torch.Tensor):
-    """``arange(count)`` that iterates as Python ints (no tensor reads while tracing);
+    """``arange(*bounds)`` that iterates as Python ints (no tensor reads while tracing);
     torch ops see a plain tensor."""
 
-    count: int
+    bounds: tuple[int, int]
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     def __iter__(self):
-        return iter(range(self.count))
+        return iter(range(*self.bounds))
