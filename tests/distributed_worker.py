@@ -86,7 +86,136 @@ def _exact(cls):
     return {"exact_draws": True} if cls is DistributedSVI else {}
 
 
-SCENARIOS = {"exact": scenario_exact}
+def scenario_independent(cls):
+    """Independent draws on each rank: the conjugate posterior of a normal mean."""
+    g = torch.Generator().manual_seed(3)
+    y = 1.5 + torch.randn(N, generator=g)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    svi = cls(conjugate, AutoNormal(conjugate), pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.995}),
+              ext.Trace_ELBO())
+    for _ in range(800):
+        svi.step(y)
+    out = {"params": {k: v.item() for k, v in pyro.get_param_store().items()}}
+    prior_var, noise_var = 100.0, 1.0
+    post_var = 1 / (1 / prior_var + N / noise_var)
+    out["post_mean"], out["post_sd"] = post_var * y.sum().item() / noise_var, post_var**0.5
+    pyro.set_rng_seed(5)  # a minibatch plate indexing the full data: ranks stay equal
+    x, yb = data()
+    out["indexed"] = run_fit(ext.Trace_ELBO(), blr_indexed, AutoNormal(blr_indexed), (x, yb),
+                             10, cls)
+    return out
+
+
+def _failing(at_step: int, how: str):
+    rank = int(os.environ.get("RANK", 0))
+    calls = {"n": 0}
+
+    def model(x, y):
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == at_step:
+            if how == "raise":
+                raise ValueError("rank 1's model failed on purpose")
+            if how == "die":
+                os._exit(3)
+            if how == "hang":
+                time.sleep(20)
+        blr(x, y)
+
+    return model
+
+
+def scenario_fault(cls, how):
+    """Rank 1 fails at step 5; returns rank 0's error, how long it took, and whether the
+    params kept their values from before the failed step."""
+    x, y = data()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model = _failing(5, how)
+    svi = cls(model, AutoNormal(blr), pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO(),
+              timeout=5.0)
+    for _ in range(4):
+        svi.step(x, y)
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    start = time.perf_counter()
+    try:
+        svi.step(x, y)
+        return {"error": None}
+    except Exception as err:
+        after = dict(pyro.get_param_store().items())
+        return {"error": f"{type(err).__name__}: {err}", "type": type(err).__name__,
+                "fault_seconds": time.perf_counter() - start,
+                "unchanged": all(torch.equal(before[k], after[k].detach()) for k in before)}
+
+
+def scenario_mismatch(cls):
+    """Rank 1 runs a model with a site of another shape: caught at step 1, before any
+    gradient is exchanged."""
+    from pyro_svi_ext.infer.collectives import Group
+
+    sums = {"n": 0}
+    original = Group.sum_
+
+    def counted(self, tensors):
+        sums["n"] += 1
+        return original(self, tensors)
+
+    Group.sum_ = counted
+    rank = int(os.environ.get("RANK", 0))
+
+    def model(x, y):
+        pyro.sample("extra", dist.Normal(torch.zeros(1 + rank), 1.0).to_event(1))
+        blr(x, y)
+
+    x, y = data()
+    svi = cls(model, AutoNormal(model), pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO())
+    try:
+        svi.step(x, y)
+        return {"error": None, "sums": sums["n"]}
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}", "type": type(err).__name__,
+                "sums": sums["n"]}
+
+
+def scenario_uneven(cls):
+    """63 rows over 2 processes."""
+    x, y = data()
+    svi = cls(blr, AutoNormal(blr), pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO())
+    svi.step(x[:63], y[:63])
+    return {"error": None}
+
+
+def scenario_checkpoint(cls, path):
+    """10 steps straight, against 5 steps, save, a fresh store and optimizer, load, 5."""
+    x, y = data()
+    straight = run_fit(ext.Trace_ELBO(), blr, AutoNormal(blr), (x, y), 10, cls, exact_draws=True)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(blr)
+    svi = cls(blr, guide, pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO(), exact_draws=True)
+    for _ in range(5):
+        svi.step(x, y)
+    svi.save(path)
+    rng = torch.get_rng_state()
+    pyro.clear_param_store()
+    svi = cls(blr, guide, pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO(), exact_draws=True)
+    svi.load(path)
+    torch.set_rng_state(rng)
+    losses = [svi.step(x, y) for _ in range(5)]
+    params = {k: v.detach().tolist() for k, v in pyro.get_param_store().items()}
+    return {"straight": straight, "resumed": {"losses": losses, "params": params}}
+
+
+SCENARIOS = {
+    "exact": scenario_exact,
+    "independent": scenario_independent,
+    "raise": lambda cls: scenario_fault(cls, "raise"),
+    "die": lambda cls: scenario_fault(cls, "die"),
+    "hang": lambda cls: scenario_fault(cls, "hang"),
+    "mismatch": scenario_mismatch,
+    "uneven": scenario_uneven,
+    "checkpoint": lambda cls: scenario_checkpoint(cls, sys.argv[2] + ".ckpt"),
+}
 
 
 def main() -> None:
