@@ -10,7 +10,7 @@ import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
 
 from pyro_svi_ext import registry
 from pyro_svi_ext.dropin import install, installed, uninstall
-from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
+from pyro_svi_ext.errors import DistributedStepError, NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators import (
     ELBO,
     ELBOModule,
@@ -29,6 +29,7 @@ from pyro_svi_ext.hookspecs import hookimpl
 from pyro_svi_ext.infer import (
     SVI,
     Convergence,
+    DistributedSVI,
     EmpiricalMarginal,
     EmptyPosteriorError,
     Importance,
@@ -50,6 +51,8 @@ __all__ = [
     "BackwardSampleMessenger",
     "Capabilities",
     "Convergence",
+    "DistributedSVI",
+    "DistributedStepError",
     "ELBOModule",
     "EmpiricalMarginal",
     "EmptyPosteriorError",

@@ -206,6 +206,62 @@ def scenario_checkpoint(cls, path):
     return {"straight": straight, "resumed": {"losses": losses, "params": params}}
 
 
+def scenario_collectives(cls):
+    """How many collectives each of 6 steps makes."""
+    import torch.distributed as tdist
+
+    counts: list[int] = []
+    for name in ("all_reduce", "all_gather_object", "broadcast", "barrier"):
+        original = getattr(tdist, name)
+
+        def counted(*args, _original=original, **kwargs):
+            counts[-1] += 1
+            return _original(*args, **kwargs)
+
+        setattr(tdist, name, counted)
+    x, y = data()
+    pyro.set_rng_seed(0)
+    svi = cls(blr, AutoNormal(blr), pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO())
+    for _ in range(6):
+        counts.append(0)
+        svi.step(x, y)
+    return {"counts": counts}
+
+
+def scenario_late_param(cls, alike: bool):
+    """From the third model call on, a new param scales the logits: on both ranks
+    (``alike``: the step goes on with the new layout) or on rank 1 only (an error)."""
+    rank = int(os.environ.get("RANK", 0))
+    calls = {"n": 0}
+
+    def model(x, y):
+        calls["n"] += 1
+        w = pyro.sample("w", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        scale = 1.0
+        if calls["n"] >= 3 and (alike or rank == 1):
+            scale = pyro.param("late_scale", torch.tensor(1.0),
+                               constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Bernoulli(logits=(x @ w) * scale), obs=y)
+
+    x, y = data()
+    pyro.set_rng_seed(0)
+    svi = cls(model, AutoNormal(blr), pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO())
+    svi.step(x, y)
+    before = {}
+    try:
+        for _ in range(4):
+            before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+            svi.step(x, y)
+    except Exception as err:
+        after = dict(pyro.get_param_store().items())
+        return {"error": f"{type(err).__name__}: {err}", "type": type(err).__name__,
+                "unchanged": before.keys() == after.keys()
+                and all(torch.equal(before[k], after[k].detach()) for k in before)}
+    return {"error": None,
+            "params": {k: v.detach().tolist() for k, v in pyro.get_param_store().items()}}
+
+
 SCENARIOS = {
     "exact": scenario_exact,
     "independent": scenario_independent,
@@ -214,6 +270,9 @@ SCENARIOS = {
     "hang": lambda cls: scenario_fault(cls, "hang"),
     "mismatch": scenario_mismatch,
     "uneven": scenario_uneven,
+    "collectives": scenario_collectives,
+    "late_alike": lambda cls: scenario_late_param(cls, alike=True),
+    "late_one": lambda cls: scenario_late_param(cls, alike=False),
     "checkpoint": lambda cls: scenario_checkpoint(cls, sys.argv[2] + ".ckpt"),
 }
 

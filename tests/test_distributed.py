@@ -139,6 +139,30 @@ def test_mismatched_structure_is_caught_before_any_gradient_moves(tmp_path):
         assert result["sums"] == 0  # no gradient all-reduce was started
 
 
+def test_a_step_after_the_first_makes_one_collective(tmp_path):
+    (rank0, rank1), codes = launch("collectives", tmp_path)
+    assert codes == [0, 0], (rank0, rank1)
+    for result in (rank0, rank1):
+        assert result["counts"][0] > 1  # step 1: header, structures, params, gradients
+        assert result["counts"][1:] == [1] * 5  # flags, loss and gradients in one bucket
+
+
+def test_a_param_created_late_on_every_rank_joins_the_exchange(tmp_path):
+    (rank0, rank1), codes = launch("late_alike", tmp_path)
+    assert codes == [0, 0], (rank0, rank1)
+    assert rank0["error"] is None and "late_scale" in rank0["params"]
+    assert rank0["params"] == rank1["params"]
+    assert rank0["params"]["late_scale"] != 1.0  # it was trained
+
+
+def test_a_param_created_late_on_one_rank_stops_every_rank(tmp_path):
+    results, _ = launch("late_one", tmp_path)
+    for result in results:
+        assert result["type"] == "DistributedStepError", result
+        assert "late_scale" in result["error"] and "rank 1" in result["error"]
+        assert result["unchanged"]
+
+
 def test_a_plate_the_world_does_not_divide_is_refused_on_every_rank(tmp_path):
     results, _ = launch("uneven", tmp_path)
     for result in results:

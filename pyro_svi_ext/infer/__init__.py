@@ -1,5 +1,6 @@
 """Inference drivers: SVI and posteriors built from traces."""
 
+from pyro_svi_ext.infer.distributed import DistributedSVI
 from pyro_svi_ext.infer.fit import Convergence, LossHistory
 from pyro_svi_ext.infer.importance import Importance
 from pyro_svi_ext.infer.marginal import EmpiricalMarginal
@@ -10,6 +11,7 @@ from pyro_svi_ext.infer.trace_posterior import EmptyPosteriorError, Marginals, T
 __all__ = [
     "SVI",
     "Convergence",
+    "DistributedSVI",
     "EmpiricalMarginal",
     "EmptyPosteriorError",
     "Importance",

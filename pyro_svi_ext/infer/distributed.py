@@ -17,7 +17,7 @@ import torch
 
 from pyro_svi_ext.errors import DistributedStepError, NonFiniteLossError
 from pyro_svi_ext.estimators.tracegraph_elbo import AVG_BASELINE_PREFIX
-from pyro_svi_ext.infer.collectives import Group, layout_hash
+from pyro_svi_ext.infer.collectives import Group, layout_hash, write_back
 from pyro_svi_ext.infer.svi import SVI
 from pyro_svi_ext.pyro_compat import store_tensors
 from pyro_svi_ext.trace.shard import ShardingError, ShardMessenger
@@ -79,6 +79,10 @@ class DistributedSVI(SVI):
         self.plate: str | None = None
         self._steps = 0
         self._aligned = False  # step 1 found different params on the ranks
+        #: the agreed params' layout and the payload's (shape, dtype, device), from the
+        #: last exchanged step (None before the first)
+        self._layout: list | None = None
+        self._payload: list[tuple] | None = None
         super().__init__(self.sharding.wrap(model, "model"),
                          self.sharding.wrap(guide, "guide"), optim, loss, *args, **kwargs)
 
@@ -106,9 +110,13 @@ class DistributedSVI(SVI):
             raise
 
     def _tell_failure(self, err: Exception) -> None:
-        """Join the header as failed, so the other ranks raise instead of waiting."""
+        """Join the step's first collective as failed, so that the other ranks raise
+        instead of waiting."""
         try:
-            self.comm.header(True, 0, torch.device("cpu"))
+            if self._payload is None:
+                self.comm.header(True, 0, torch.device("cpu"))
+            else:  # zeros in the reference layout, flagged failed
+                self.comm.sum_flat(self._zeros(failed=True))
             self.comm.gather((isinstance(err, NonFiniteLossError),
                               f"{type(err).__name__}: {err}"))
         except DistributedStepError as comm_err:  # the others are gone: say our own
@@ -134,29 +142,44 @@ class DistributedSVI(SVI):
             raise
 
     def _exchange(self, loss, named: list, averages: list, layout: list):
-        device = named[0][1].device if named else torch.device("cpu")
-        failed, differ = self.comm.header(False, layout_hash(layout), torch.device("cpu"))
-        if failed:
-            errors = {r: e for r, e in enumerate(self.comm.gather(None)) if e}
-            said = "; ".join(f"rank {r}: {text}" for r, (_, text) in errors.items())
-            if all(nonfinite for nonfinite, _ in errors.values()):  # the policy decides
-                raise NonFiniteLossError(float("nan"), [said])
-            raise DistributedStepError(f"step {self._steps + 1} failed on another rank "
-                                       f"({said}); nothing was updated")
-        if self._steps == 0:
-            self._first_step_checks(layout, [p for _, p in named])
-        elif differ:
-            self._raise_mismatch(layout, "params")
+        """Sum ``[flags, loss, gradients, averages]`` over the ranks in one pass of
+        buckets. From step 2 on, the flags (failed, layout changed) ride in the first
+        bucket, so a step makes one collective; step 1, and a step whose layout changed
+        on some rank, first agree on the layout."""
         tensors = []
         for _, p in named:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             tensors.append(p.grad)
         tensors += [t.data for _, t in averages]
-        scalar = torch.tensor(list(loss) if isinstance(loss, tuple) else [loss],
-                              dtype=tensors[0].dtype if tensors else torch.float64,
-                              device=device)
-        self.comm.sum_([*tensors, scalar])
+        dtype = tensors[0].dtype if tensors else torch.float64
+        device = tensors[0].device if tensors else torch.device("cpu")
+        values = list(loss) if isinstance(loss, tuple) else [loss]
+        payload = [torch.tensor([0.0, 0.0], dtype=dtype, device=device),
+                   torch.tensor(values, dtype=dtype, device=device), *tensors]
+        sums = None
+        if self._payload is not None:  # one collective: flags with the payload
+            changed = layout != self._layout or self._specs(payload) != self._payload
+            if changed:
+                sums = self.comm.sum_flat(self._zeros(changed=True))
+            else:
+                sums = self.comm.sum_flat(payload)
+            failed, changed_anywhere = sums[0][1][:2].tolist()
+            if failed:
+                self._raise_peer_failure()
+            if changed_anywhere:
+                sums = None
+                self._agree_on_layout(layout)
+        else:
+            failed, _ = self.comm.header(False, layout_hash(layout), torch.device("cpu"))
+            if failed:
+                self._raise_peer_failure()
+            self._first_step_checks(layout, [p for _, p in named])
+        if sums is None:  # the layout was just agreed: its first collective
+            sums = self.comm.sum_flat(payload)
+        self._layout, self._payload = layout, self._specs(payload)
+        write_back(sums)
+        scalar = payload[1]
         torch._foreach_div_([*tensors, scalar], float(self.world))
         if self._steps == 0 and self._aligned:
             for t in tensors[:len(named)]:
@@ -165,6 +188,32 @@ class DistributedSVI(SVI):
                            "hold rank 0's, and step 1 made no update")
         values = scalar.tolist()
         return tuple(values) if isinstance(loss, tuple) else values[0]
+
+    def _raise_peer_failure(self):
+        errors = {r: e for r, e in enumerate(self.comm.gather(None)) if e}
+        said = "; ".join(f"rank {r}: {text}" for r, (_, text) in errors.items())
+        if all(nonfinite for nonfinite, _ in errors.values()):  # the policy decides
+            raise NonFiniteLossError(float("nan"), [said])
+        raise DistributedStepError(f"step {self._steps + 1} failed on another rank "
+                                   f"({said}); nothing was updated")
+
+    def _agree_on_layout(self, layout: list) -> None:
+        """Some rank's params changed since the last step (a param created late):
+        proceed if every rank's changed alike, else raise naming the difference."""
+        every = self.comm.gather(layout)
+        if any(theirs != every[0] for theirs in every):
+            self._raise_mismatch(layout, "params", every=every)
+
+    @staticmethod
+    def _specs(payload: list[torch.Tensor]) -> list[tuple]:
+        return [(tuple(t.shape), t.dtype, t.device) for t in payload]
+
+    def _zeros(self, failed: bool = False, changed: bool = False) -> list[torch.Tensor]:
+        """The last agreed payload's shapes, zero, with this rank's flags."""
+        zeros = [torch.zeros(shape, dtype=dtype, device=device)
+                 for shape, dtype, device in self._payload]
+        zeros[0][0], zeros[0][1] = float(failed), float(changed)
+        return zeros
 
     def _first_step_checks(self, layout: list, params: list[torch.Tensor]) -> None:
         """Same structure on all ranks (before any gradient moves), the plate split,
@@ -180,9 +229,9 @@ class DistributedSVI(SVI):
         if not self.exact_draws and self.rank:
             torch.manual_seed(torch.initial_seed() + SEED_STRIDE * self.rank)
 
-    def _raise_mismatch(self, layout, what, first=None, theirs=None, rank=None):
+    def _raise_mismatch(self, layout, what, first=None, theirs=None, rank=None, every=None):
         if first is None:
-            every = self.comm.gather(layout)
+            every = every if every is not None else self.comm.gather(layout)
             rank = next(r for r, t in enumerate(every) if t != every[0])
             first, theirs = every[0], every[rank]
         a, b = (_flatten(first), _flatten(theirs))
