@@ -82,6 +82,64 @@ def scenario_exact(cls):
     return out
 
 
+def coin_model(y):
+    """A global non-reparameterized latent (its decaying average is averaged over the
+    ranks) and, inside the data plate, a per-datum one (kept per rank)."""
+    p = pyro.sample("p", dist.Beta(2.0, 2.0))
+    with pyro.plate("data", N):  # sized N (y is the rank's block): indices are the block's
+        k = pyro.sample("k", dist.Bernoulli(p))
+        pyro.sample("obs", dist.Normal(2.0 * k - 1.0, 1.0), obs=y)
+
+
+def coin_guide(y, local=True):
+    avg = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
+    a = pyro.param("a", torch.tensor(2.0), constraint=dist.constraints.positive)
+    b = pyro.param("b", torch.tensor(2.0), constraint=dist.constraints.positive)
+    # a Beta without rsample: a score-function site, whose baseline is tested
+    pyro.sample("p", _NonReparamBeta(a, b), infer=avg)
+    if local:
+        logits = pyro.param("logits", torch.zeros(N))  # per datum: indexed by the plate
+        with pyro.plate("data", N) as idx:
+            pyro.sample("k", dist.Bernoulli(logits=logits[idx]), infer=avg)
+
+
+class _NonReparamBeta(dist.Beta):
+    has_rsample = False  # sampled without a gradient path: a score-function site
+
+
+def coin_data():
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(N, generator=g) + 1.0
+
+
+def scenario_tracegraph(cls):
+    """TraceGraph_ELBO with decaying-average baselines: a global score-function site
+    (exact draws: equal to one process), then with a per-datum one too."""
+    y = coin_data()
+
+    def global_guide(y):
+        coin_guide(y, local=False)
+
+    def global_model(y):
+        p = pyro.sample("p", dist.Beta(2.0, 2.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("obs", dist.Normal(2.0 * p - 1.0, 1.0), obs=y)
+
+    out = {}
+    for name, est in (("tracegraph", ext.TraceGraph_ELBO()),
+                      ("jit_tracegraph", ext.JitTraceGraph_ELBO())):
+        out[name] = run_fit(est, global_model, global_guide, (y,), 20, cls, **_exact(cls))
+        out[name]["averages"] = _averages()
+    out["local"] = run_fit(ext.TraceGraph_ELBO(), coin_model, coin_guide, (y,), 20, cls)
+    out["local"]["averages"] = _averages()
+    return out
+
+
+def _averages():
+    return {k: list(v.shape) for k, v in pyro.get_param_store().items()
+            if k.startswith("__baseline_avg")}
+
+
 def _exact(cls):
     return {"exact_draws": True} if cls is DistributedSVI else {}
 
@@ -271,6 +329,7 @@ SCENARIOS = {
     "mismatch": scenario_mismatch,
     "uneven": scenario_uneven,
     "collectives": scenario_collectives,
+    "tracegraph": scenario_tracegraph,
     "late_alike": lambda cls: scenario_late_param(cls, alike=True),
     "late_one": lambda cls: scenario_late_param(cls, alike=False),
     "checkpoint": lambda cls: scenario_checkpoint(cls, sys.argv[2] + ".ckpt"),

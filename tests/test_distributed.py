@@ -96,6 +96,31 @@ def test_exact_draws_equal_one_process_eager_and_compiled(tmp_path):
     assert rank0["jit_trace"]["compiles"] >= 1 and rank0["jit_enum"]["compiles"] >= 1
 
 
+def test_tracegraph_baselines_exact_draws_and_per_datum_averages(tmp_path):
+    (rank0, rank1), codes = launch("tracegraph", tmp_path)
+    single = one_process("tracegraph", tmp_path)
+    assert codes == [0, 0], (rank0, rank1)
+    avg_p = "__baseline_avg_downstream_cost_p"
+    for run in ("tracegraph", "jit_tracegraph"):
+        want, got = single[run], rank0[run]
+        rel = _max_diff(got["losses"], want["losses"]) / max(map(abs, want["losses"]))
+        assert rel < 1e-5, (run, got["losses"], want["losses"])
+        assert want["params"].keys() == got["params"].keys()
+        for name, value in want["params"].items():  # the global average included
+            assert _max_diff(got["params"][name], value) < 1e-5, (run, name)
+            assert rank1[run]["params"][name] == got["params"][name], (run, name)
+        assert avg_p in got["params"]
+    assert rank0["jit_tracegraph"]["compiles"] >= 1
+    # a per-datum site's average: one per datum of the rank's block, kept per rank
+    local0, local1 = rank0["local"], rank1["local"]
+    avg_k = "__baseline_avg_downstream_cost_k"
+    assert local0["averages"][avg_k] == [32] and single["local"]["averages"][avg_k] == [64]
+    assert local0["params"][avg_k] != local1["params"][avg_k]
+    for name in ("a", "b", "logits", avg_p):
+        assert local0["params"][name] == local1["params"][name], name
+    assert all(map(lambda v: v == v, local0["losses"]))  # finite, no shape error
+
+
 def test_independent_draws_recover_the_conjugate_posterior(tmp_path):
     (rank0, rank1), codes = launch("independent", tmp_path)
     single = one_process("independent", tmp_path)

@@ -39,9 +39,11 @@ class DistributedSVI(SVI):
     has per step are cut to the rank's block along dim 0 (a full plate, or
     ``subsample=``); a plate with ``subsample_size=B`` draws ``B`` indices from the
     rank's block instead (a global minibatch of ``W*B``). The gradients (and the
-    decaying-average baselines of ``TraceGraph_ELBO``) are averaged in flat buckets; the
-    loss returned is the global one, equal on every rank; so are the params and the
-    optimizer state after every step.
+    decaying-average baselines of ``TraceGraph_ELBO`` for sites outside the data plate;
+    those of sites inside it are one per datum and stay with the rank that owns the
+    datum) are averaged in flat buckets. The loss returned is the global one, equal on
+    every rank; so are the params (all but those per-datum averages) and the optimizer
+    state after every step.
 
     :param model, guide, optim, loss: as :class:`~pyro_svi_ext.SVI` (any estimator of
         this package, compiled ones included; ``RenyiELBO`` is refused: its objective
@@ -131,7 +133,7 @@ class DistributedSVI(SVI):
         named = sorted({id(p): (n, p) for n, p in params.items()}.values(),
                        key=lambda item: item[0])
         averages = sorted((n, t) for n, t in store_tensors().items()
-                          if n.startswith(AVG_BASELINE_PREFIX))
+                          if n.startswith(AVG_BASELINE_PREFIX) and not self._per_rank(n))
         layout = [(n, tuple(p.shape)) for n, p in named + averages]
         try:
             return self._exchange(loss, named, averages, layout)
@@ -140,6 +142,22 @@ class DistributedSVI(SVI):
             if grads:
                 torch._foreach_zero_(grads)
             raise
+
+    def _per_rank(self, average: str) -> bool:
+        """Whether a decaying average belongs to a site in the data plate: one value
+        per datum of the rank's block, kept by that rank (averaging the ranks' would
+        mix different data)."""
+        site = average[len(AVG_BASELINE_PREFIX):]
+        plates = self.sharding.found.plates_of.get(site, set())
+        return self.plate is not None and self.plate in plates
+
+    def _drop_unsharded_averages(self) -> None:
+        """After step 1 (unsharded), the data plate's sites' averages have the whole
+        plate's shape: each rank restarts them at its block's (as on step 1, from 0)."""
+        store = pyro.get_param_store()
+        for name in [n for n in store.keys() if n.startswith(AVG_BASELINE_PREFIX)]:
+            if self._per_rank(name):
+                del store[name]
 
     def _exchange(self, loss, named: list, averages: list, layout: list):
         """Sum ``[flags, loss, gradients, averages]`` over the ranks in one pass of
@@ -186,6 +204,11 @@ class DistributedSVI(SVI):
                 t.zero_()
             logger.warning("DistributedSVI: ranks started from different params; they now "
                            "hold rank 0's, and step 1 made no update")
+        if self._steps == 0:  # the layout of the next steps: per-rank averages not in it
+            self._drop_unsharded_averages()
+            keep = [i for i, (name, _) in enumerate(layout) if not self._per_rank(name)]
+            self._layout = [layout[i] for i in keep]
+            self._payload = self._payload[:2] + [self._payload[2 + i] for i in keep]
         values = scalar.tolist()
         return tuple(values) if isinstance(loss, tuple) else values[0]
 

@@ -53,6 +53,8 @@ class Discovery:
     observed_in: dict[str, str | None] = field(default_factory=dict)
     #: ``(role, name, observed, shape)`` of each sample site, in order
     structure: list[tuple] = field(default_factory=list)
+    #: the plates each sample site is in, by site name
+    plates_of: dict[str, set[str]] = field(default_factory=dict)
 
 
 class ShardMessenger(Messenger):
@@ -225,6 +227,8 @@ class ShardMessenger(Messenger):
             outer = next((f.name for f in msg["cond_indep_stack"]
                           if f.name in self.found.plates), None)
             self.found.observed_in[msg["name"]] = outer
+        self.found.plates_of.setdefault(msg["name"], set()).update(
+            f.name for f in msg["cond_indep_stack"])
         value = msg["value"]
         shape = tuple(value.shape) if torch.is_tensor(value) else ()
         self.found.structure.append((self.role, msg["name"], msg["is_observed"], shape))
