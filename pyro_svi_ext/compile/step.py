@@ -40,6 +40,7 @@ from pyro_svi_ext.compile.background import (
     load_portable,
     portable,
 )
+from pyro_svi_ext.compile.graph_passes import simplify
 from pyro_svi_ext.compile.guard import GraphCache, describe_change, step_key
 from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
 from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
@@ -243,6 +244,7 @@ class CompiledStep:
                     warnings.simplefilter("ignore")
                 gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(
                     *traced_inputs)
+            gm = simplify(gm)
         except Untraceable:
             raise
         except Exception as err:  # the model cannot be traced statically

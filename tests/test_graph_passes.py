@@ -1,0 +1,91 @@
+"""The graph passes that run on every traced step: smaller graphs, same numbers, the
+same random draws."""
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from pyro_svi_ext.compile.graph_passes import simplify
+
+
+def _ops(gm, name: str) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and name in str(n.target))
+
+
+def _traced(fn, *inputs):
+    return make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+
+
+def test_repeated_expressions_are_computed_once():
+    def f(x):
+        a = (x * 2).exp().sum(-1)
+        b = (x * 2).exp().sum(-1)
+        return a + b
+
+    x = torch.randn(3, 4)
+    gm = _traced(f, x)
+    assert _ops(gm, "exp") == 2
+    simplify(gm)
+    assert _ops(gm, "exp") == 1 and _ops(gm, "mul") == 1
+    torch.testing.assert_close(gm(x), f(x))
+
+
+def test_constants_are_folded_and_shared():
+    scale = torch.tensor(1.0)
+
+    def f(x):
+        # what Normal(loc, 1.0).log_prob repeats per site: ops on a constant scale
+        return sum(-((x[i] - 1.0) ** 2) / (2 * scale.expand(4) ** 2) - scale.expand(4).log()
+                   for i in range(5))
+
+    x = torch.randn(5, 4)
+    gm = _traced(f, x)
+    before = len(gm.graph.nodes)
+    simplify(gm)
+    assert _ops(gm, "lift_fresh") == 0 and _ops(gm, "log") == 0
+    folded = [n for n in gm.graph.nodes if n.op == "get_attr" and "folded" in n.target]
+    assert 1 <= len(folded) <= 2  # 2 * scale**2 and log(scale): shared by all 5 sites
+    assert len(gm.graph.nodes) < before - 15
+    torch.testing.assert_close(gm(x), f(x))
+
+
+def test_random_draws_are_never_merged_or_dropped():
+    def f(x):
+        a = torch.randn(4) + x
+        b = torch.randn(4) + x
+        torch.randn(4)  # unused: still drawn, so later draws stay in step with eager
+        c = torch.empty(4).normal_() + x  # an in-place draw into a fresh buffer
+        d = torch.empty(4).normal_() + x
+        return a, b, c, d, torch.rand(4)
+
+    x = torch.zeros(4)
+    gm = simplify(_traced(f, x))
+    torch.manual_seed(0)
+    want = f(x)
+    torch.manual_seed(0)
+    got = gm(x)
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w)
+    assert not torch.equal(got[0], got[1]) and not torch.equal(got[2], got[3])
+
+
+def test_reads_around_an_in_place_write_are_not_merged():
+    def f(x):
+        buf = torch.zeros(4)
+        first = buf + x
+        buf.add_(1.0)
+        second = buf + x
+        return first, second
+
+    x = torch.ones(4)
+    got = simplify(_traced(f, x))(x)
+    torch.testing.assert_close(got[0], torch.ones(4))
+    torch.testing.assert_close(got[1], torch.full((4,), 2.0))
+
+
+def test_int_and_float_arguments_stay_apart():
+    def f(x):
+        return x + 1, x + 1.0
+
+    x = torch.arange(4)
+    a, b = simplify(_traced(f, x))(x)
+    assert a.dtype == torch.int64 and b.dtype == torch.float32
