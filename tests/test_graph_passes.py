@@ -89,3 +89,57 @@ def test_int_and_float_arguments_stay_apart():
     x = torch.arange(4)
     a, b = simplify(_traced(f, x))(x)
     assert a.dtype == torch.int64 and b.dtype == torch.float32
+
+
+def test_repeated_per_site_arithmetic_runs_as_one_stacked_op():
+    locs = torch.randn(4)
+
+    def f(data, locs):
+        # an unrolled model: the same log-density per time step, then a running total
+        total = torch.zeros(4)
+        for t in range(data.shape[0]):
+            total = total + (-((data[t] - locs) ** 2) / 2.0 - 0.5).exp()
+        return total
+
+    data = torch.randn(12, 4)
+    gm = _traced(f, data, locs)
+    assert _ops(gm, "exp") == 12
+    simplify(gm)
+    assert _ops(gm, "exp") == 1 and _ops(gm, "pow") == 1 and _ops(gm, "stack") == 1
+    assert _ops(gm, "add") == 12  # the running total is a chain: left as it is
+    torch.testing.assert_close(gm(data, locs), f(data, locs))
+
+
+def test_ops_that_read_each_other_are_not_batched_together():
+    def f(x):
+        for _ in range(6):
+            x = x.exp().neg()  # a chain of identical ops
+        return x
+
+    x = torch.randn(3)
+    gm = simplify(_traced(f, x))
+    assert _ops(gm, "stack") == 0 and _ops(gm, "exp") == 6
+    torch.testing.assert_close(gm(x), f(x))
+
+
+def test_batching_keeps_dtypes_of_zero_dim_arguments():
+    def f(x, s):
+        # a float64 0-dim tensor does not promote a float32 tensor; stacked, it would
+        return [x[i] * s for i in range(5)]
+
+    x, s = torch.randn(5, 3), torch.tensor(2.0, dtype=torch.float64)
+    got = simplify(_traced(f, x, s))(x, s)
+    assert all(g.dtype == torch.float32 for g in got)
+    torch.testing.assert_close(torch.stack(got), x * 2)
+
+
+def test_an_in_place_op_on_a_fresh_mask_becomes_out_of_place_and_merges():
+    def f(x):
+        # what the gradient of a clamp repeats per site
+        return [torch.where((x >= 0.1).logical_and_(x <= 0.9), x, 0.0) * i for i in range(4)]
+
+    x = torch.rand(6)
+    gm = simplify(_traced(f, x))
+    assert _ops(gm, "logical_and_") == 0 and _ops(gm, "ge") == 1 and _ops(gm, "logical_and") == 1
+    for g, w in zip(gm(x), f(x), strict=True):
+        torch.testing.assert_close(g, w)

@@ -18,6 +18,8 @@ step checks the simplified graph against the eager step, as before.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 #: folded constants larger than this stay computed in the graph (a folded
@@ -30,12 +32,14 @@ _NO_FOLD = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_stri
 def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``gm`` with constants folded, common subexpressions merged and dead nodes
     dropped (in place; returned for chaining). Node order is kept."""
+    _out_of_place(gm.graph)
     unsafe = _touched_by_mutation(gm.graph)
     _skip_no_ops(gm.graph, unsafe)
     _merge_common(gm.graph, unsafe)  # first: folding gives each copy its own constant
     if _fold_constants(gm, unsafe):
         _merge_common(gm.graph, unsafe)
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code()  # before batching: a dead node would join a batch
+    batch_siblings(gm.graph, unsafe)
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -59,6 +63,26 @@ def _aliases_input(node: torch.fx.Node) -> bool:
     """A view op: its output shares storage with an input."""
     schema = _schema(node)
     return schema is not None and any(r.alias_info is not None for r in schema.returns)
+
+
+def _out_of_place(graph: torch.fx.Graph) -> None:
+    """``a.op_(b)`` on a fresh tensor ``a`` that nothing else reads (e.g. the mask
+    ``ge(x, lo).logical_and_(le(x, hi))`` of a clamp's gradient) becomes ``op(a, b)``:
+    the same value, and nothing left for the mutation rules to protect."""
+    for node in graph.nodes:
+        if node.op != "call_function" or not _is_mutating(node) or not node.args:
+            continue
+        name = node.target._schema.name.split("::")[-1]
+        target = node.args[0]
+        if (not name.endswith("_") or name.startswith("_") or not isinstance(target, torch.fx.Node)
+                or target.op != "call_function" or _aliases_input(target)
+                or len(target.users) != 1):
+            continue
+        packet = getattr(torch.ops.aten, name[:-1], None)
+        functional = getattr(packet, node.target._overloadname, None)
+        if functional is None or functional._schema.is_mutable:
+            continue
+        node.target = functional
 
 
 def _touched_by_mutation(graph: torch.fx.Graph) -> set[torch.fx.Node]:
@@ -192,3 +216,199 @@ def _frozen(value):
     if isinstance(value, (bool, int, float, complex)):  # 1, 1.0 and True hash alike
         return (type(value).__name__, repr(value))
     return value
+
+
+#: fewer siblings than this are left as they are (a stack and an unbind cost two ops)
+MIN_SIBLINGS = 4
+_STACK = torch.ops.aten.stack.default
+_UNBIND = torch.ops.aten.unbind.int
+_RESHAPE = torch.ops.aten.reshape.default
+
+
+def _val(node):
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _sibling_key(node: torch.fx.Node):
+    """What siblings share: the op, the shape, dtype and device of each tensor
+    argument and every other argument; None for a node that is not batchable (not
+    pointwise, random, unknown shapes, or mixed dtypes, whose promotion would change
+    once 0-dim tensors are stacked)."""
+    if (node.op != "call_function" or node.kwargs or _is_random(node)
+            or torch.Tag.pointwise not in getattr(node.target, "tags", ())
+            or _val(node) is None):
+        return None
+    parts, dtypes = [], set()
+    for i, arg in enumerate(node.args):
+        if isinstance(arg, torch.fx.Node):
+            value = _val(arg)
+            if value is None:
+                return None
+            if not (i == 0 and node.target is torch.ops.aten.where.self):
+                dtypes.add(value.dtype)
+            parts.append(("tensor", tuple(value.shape), value.dtype, value.device))
+        elif isinstance(arg, (list, tuple, dict)):
+            return None
+        else:
+            parts.append(("value", *_frozen(arg)) if isinstance(arg, (int, float, bool))
+                         else ("value", arg))
+    if len(dtypes) > 1:
+        return None
+    return (node.target, tuple(parts))
+
+
+def batch_siblings(graph: torch.fx.Graph, unsafe: set) -> int:
+    """Run each set of at least ``MIN_SIBLINGS`` independent, identical pointwise ops
+    (same op, argument shapes and constants; none reads another's result) as one op on
+    their stacked arguments. An unrolled model repeats the same per-site arithmetic (the
+    log-density of each time step's observation, and its gradient): T ops become one
+    op on a [T, ...] tensor, and a chain of such ops passes the stacked tensor on
+    without unstacking. A set is left alone when its stacked op cannot sit between its
+    inputs and its readers without moving other nodes. Returns the sets batched."""
+    groups: dict[tuple, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node not in unsafe:
+            key = _sibling_key(node)
+            if key is not None:
+                groups.setdefault(key, []).append(node)
+    batched: dict[torch.fx.Node, tuple[torch.fx.Node, int]] = {}  # getitem -> (stack, j)
+    done, ancestors = 0, None
+    for members in groups.values():  # in graph order of their first member
+        while len(members) >= MIN_SIBLINGS:
+            if ancestors is None:
+                ancestors = _ancestor_masks(graph)
+            chosen, members = _independent(members, ancestors)
+            if len(chosen) < MIN_SIBLINGS or not _batch_group(
+                    graph, _in_stacked_order(chosen, batched), batched, unsafe):
+                continue
+            done, ancestors = done + 1, None
+    if done:
+        graph.eliminate_dead_code()
+    return done
+
+
+def _ancestor_masks(graph: torch.fx.Graph) -> dict:
+    """Each node's ancestors as bits of an int (bit i: the i-th node)."""
+    masks: dict[torch.fx.Node, int] = {}
+    for i, node in enumerate(graph.nodes):
+        mask = 0
+        for a in node.all_input_nodes:
+            mask |= masks[a]
+        masks[node] = mask | (1 << i)
+    return masks
+
+
+def _independent(members: list, ancestors: dict) -> tuple[list, list]:
+    """``(a set of members none of which reads another, the rest)``, greedily in
+    graph order."""
+    chosen, rest, taken = [], [], 0
+    for m in members:
+        if ancestors[m] & taken:
+            rest.append(m)
+        else:
+            chosen.append(m)
+            taken |= 1 << (ancestors[m].bit_length() - 1)  # its own bit: the highest
+    return chosen, rest
+
+
+def _batch_group(graph: torch.fx.Graph, members: list, batched: dict, unsafe: set) -> bool:
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    readers = sorted({u for m in members for u in m.users}, key=order.__getitem__)
+    if readers and not _hoist_inputs(members, readers[0], order, unsafe):
+        return False
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    last_input = max((order[a] for m in members for a in m.all_input_nodes), default=-1)
+    if last_input < 0:
+        return False
+    out = _val(members[0])
+    k, ndim = len(members), out.dim()
+    new_args = []
+    cursor = next(n for n, i in order.items() if i == last_input)  # each new node after it
+
+    def add(target, args):
+        nonlocal cursor
+        with graph.inserting_after(cursor):
+            cursor = graph.call_function(target, args)
+        return cursor
+
+    for position, arg in enumerate(members[0].args):
+        column = [m.args[position] for m in members]
+        if not isinstance(arg, torch.fx.Node):
+            new_args.append(arg)
+            continue
+        shape = tuple(_val(arg).shape)
+        padded = (1,) * (ndim - len(shape)) + shape
+        if all(c is arg for c in column):  # shared: broadcast along the new dim
+            new_args.append(add(_RESHAPE, (arg, [1, *padded])))
+            new = new_args[-1]
+        else:
+            source = _stacked_source(column, batched)
+            if source is not None and len(shape) == ndim:
+                new_args.append(source)
+                continue
+            pieces = column if len(shape) == ndim else [
+                add(_RESHAPE, (c, list(padded))) for c in column]
+            new = add(_STACK, (list(pieces),))
+            new_args.append(new)
+        new.meta["val"] = torch.empty((k if new.target is _STACK else 1, *padded),
+                                      dtype=_val(arg).dtype, device="meta")
+    stacked = add(members[0].target, tuple(new_args))
+    stacked.meta["val"] = torch.empty((k, *out.shape), dtype=out.dtype, device="meta")
+    pieces = add(_UNBIND, (stacked, 0))
+    for j, member in enumerate(members):
+        item = add(operator.getitem, (pieces, j))
+        item.meta["val"] = _val(member)
+        member.replace_all_uses_with(item)
+        graph.erase_node(member)
+        batched[item] = (stacked, j)
+    return True
+
+
+def _hoist_inputs(members: list, first_reader: torch.fx.Node, order: dict,
+                  unsafe: set) -> bool:
+    """Move the pure nodes the members need that come after ``first_reader`` to just
+    before it (an unrolled model interleaves each step's arithmetic with the running
+    chain that reads it); random ops, in-place ops and the members' readers never
+    move. False (nothing moved) when that is not enough."""
+    limit = order[first_reader]
+    readers = {u for m in members for u in m.users}
+    need: set[torch.fx.Node] = set()
+    stack = [a for m in members for a in m.all_input_nodes if order[a] >= limit]
+    while stack:
+        node = stack.pop()
+        if node in need:
+            continue
+        if (node in readers or node.op not in ("call_function", "get_attr") or node in unsafe
+                or (node.op == "call_function" and (_is_random(node) or _is_mutating(node)))):
+            return False
+        need.add(node)
+        stack.extend(a for a in node.all_input_nodes if order[a] >= limit)
+    for node in sorted(need, key=order.__getitem__):
+        first_reader.prepend(node)
+    return True
+
+
+def _in_stacked_order(members: list, batched: dict) -> list:
+    """``members`` ordered as the rows of a stacked tensor one of their arguments
+    comes from (so the stack is reused instead of rebuilt); else as they are."""
+    for position in range(len(members[0].args)):
+        rows = [batched.get(m.args[position]) if isinstance(m.args[position], torch.fx.Node)
+                else None for m in members]
+        if all(r is not None and r[0] is rows[0][0] for r in rows) and \
+                sorted(r[1] for r in rows) == list(range(len(members))):
+            return [m for _, m in sorted(zip((r[1] for r in rows), members,
+                                             strict=True), key=lambda p: p[0])]
+    return members
+
+
+def _stacked_source(column: list, batched: dict):
+    """The stacked tensor whose unbound pieces ``column`` is, in order; else None."""
+    first = batched.get(column[0])
+    if first is None or first[1] != 0:
+        return None
+    source = first[0]
+    for j, node in enumerate(column):
+        if batched.get(node) != (source, j):
+            return None
+    return source if _val(source).shape[0] == len(column) else None
