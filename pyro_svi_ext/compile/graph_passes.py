@@ -45,8 +45,10 @@ def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def _schema(node: torch.fx.Node):
-    return getattr(node.target, "_schema", None)
+def _schema(node_or_op):
+    """The aten schema of a node's op (or of an op); None for other callables."""
+    op = node_or_op.target if isinstance(node_or_op, torch.fx.Node) else node_or_op
+    return getattr(op, "_schema", None)
 
 
 def _is_random(node: torch.fx.Node) -> bool:
@@ -72,15 +74,16 @@ def _out_of_place(graph: torch.fx.Graph) -> None:
     for node in graph.nodes:
         if node.op != "call_function" or not _is_mutating(node) or not node.args:
             continue
-        name = node.target._schema.name.split("::")[-1]
+        schema = _schema(node)
+        name = schema.name.split("::")[-1]
         target = node.args[0]
         if (not name.endswith("_") or name.startswith("_") or not isinstance(target, torch.fx.Node)
                 or target.op != "call_function" or _aliases_input(target)
                 or len(target.users) != 1):
             continue
         packet = getattr(torch.ops.aten, name[:-1], None)
-        functional = getattr(packet, node.target._overloadname, None)
-        if functional is None or functional._schema.is_mutable:
+        functional = getattr(packet, schema.overload_name or "default", None)
+        if functional is None or _schema(functional) is None or _schema(functional).is_mutable:
             continue
         node.target = functional
 
@@ -118,7 +121,7 @@ def _fold_constants(gm: torch.fx.GraphModule, unsafe: set) -> int:
             values[node] = getattr(gm, node.target)
         elif (node.op == "call_function" and node not in unsafe and not _is_random(node)
               and isinstance(node.target, torch._ops.OpOverload)
-              and node.target._schema.name.split("::")[-1] not in _NO_FOLD
+              and _schema(node).name.split("::")[-1] not in _NO_FOLD
               and all(a in values for a in node.all_input_nodes)):
             args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs),
                                                  lambda a: values[a])
