@@ -95,6 +95,30 @@ def test_no_step_waits_for_the_compiler(gated_compiles):
     assert not torch.equal(pyro.param("loc"), loc_before)  # the compiled step updates
 
 
+def test_the_step_lends_a_core_to_the_compile_process_and_takes_it_back(gated_compiles):
+    from pyro_svi_ext.compile.background import _cores
+
+    before = torch.get_num_threads()
+    threads = max(2, _cores())  # no core left for a child
+    torch.set_num_threads(threads)
+    try:
+        pyro.clear_param_store()
+        elbo = JitTrace_ELBO(backend="inductor")
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+        x, y = data()
+        for _ in range(3):
+            svi.step(x, y)
+        assert compiled_step(elbo).pending  # the child waits at the gate
+        assert torch.get_num_threads() == max(1, _cores() - 1)
+        gated_compiles.touch()
+        assert svi.wait_for_compiles(600)
+        assert torch.get_num_threads() == threads
+        svi.step(x, y)
+        assert compiled_step(elbo).graphs.graphs and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_background_compile_that_fails_falls_back_to_the_next_backend(monkeypatch):
     def broken(gm, inputs):
         raise RuntimeError("no C++ compiler")

@@ -39,6 +39,7 @@ from pyro_svi_ext.compile.background import (
     cache_marker,
     load_portable,
     portable,
+    threads_as,
 )
 from pyro_svi_ext.compile.graph_passes import simplify
 from pyro_svi_ext.compile.guard import GraphCache, describe_change, step_key
@@ -440,11 +441,12 @@ class CompiledStep:
         failed = ({pending.job.name: RuntimeError(f"compile process failed: {failure}")}
                   if failure else None)
         try:
-            run, backend = compile_checked(
-                self.backends, pending.production, pending.inputs, pending.layout,
-                pending.reference, pending.devices, self.jit_options,
-                lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
-                failed=failed, rng_state=pending.rng_state)
+            with threads_as(pending.job.threads):  # the child's count: a cache hit
+                run, backend = compile_checked(
+                    self.backends, pending.production, pending.inputs, pending.layout,
+                    pending.reference, pending.devices, self.jit_options,
+                    lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
+                    failed=failed, rng_state=pending.rng_state)
         except Untraceable as why:
             self._give_up(str(why))
             return None
