@@ -143,3 +143,29 @@ def test_an_in_place_op_on_a_fresh_mask_becomes_out_of_place_and_merges():
     assert _ops(gm, "logical_and_") == 0 and _ops(gm, "ge") == 1 and _ops(gm, "logical_and") == 1
     for g, w in zip(gm(x), f(x), strict=True):
         torch.testing.assert_close(g, w)
+
+
+def test_gradients_of_per_site_indexing_are_scattered_once():
+    def f(p, w):
+        idx = torch.arange(4)
+        loss = sum((p[idx] * w[t]).sum() + (p[idx.view(4, 1)] * w[t]).sum() for t in range(6))
+        return torch.autograd.grad(loss, p)
+
+    p, w = torch.randn(4, requires_grad=True), torch.randn(6, 4)
+    gm = _traced(f, p, w)
+    assert _ops(gm, "index_put") == 12  # autograd: a zeros, a scatter and an add per use
+    simplify(gm)
+    assert _ops(gm, "index_put") == 1
+    torch.testing.assert_close(gm(p.detach(), w)[0], f(p, w)[0])
+
+
+def test_adding_zero_or_scaling_by_one_is_skipped_unless_it_promotes():
+    def f(x, n):
+        return ((x + 0.0) * 1 / 1 - 0).exp(), (n + 0.0).exp()
+
+    x, n = torch.randn(3), torch.arange(3)
+    gm = simplify(_traced(f, x, n))
+    assert _ops(gm, "mul") == 0 and _ops(gm, "div") == 0 and _ops(gm, "sub") == 0
+    assert _ops(gm, "add") == 1  # the int tensor's: it promotes to float
+    for g, w in zip(gm(x, n), f(x, n), strict=True):
+        torch.testing.assert_close(g, w)

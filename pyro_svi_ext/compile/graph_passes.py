@@ -40,6 +40,7 @@ def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         _merge_common(gm.graph, unsafe)
     gm.graph.eliminate_dead_code()  # before batching: a dead node would join a batch
     batch_siblings(gm.graph, unsafe)
+    _merge_scatter_sums(gm, unsafe)
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -167,6 +168,24 @@ def _shape(node) -> tuple | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
+_IDENTITY_OPERAND = {torch.ops.aten.add.Tensor: 0, torch.ops.aten.sub.Tensor: 0,
+                     torch.ops.aten.mul.Tensor: 1, torch.ops.aten.div.Tensor: 1}
+
+
+def _is_identity_arithmetic(node: torch.fx.Node, source: torch.fx.Node) -> bool:
+    """``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` with a number, where the result has
+    ``x``'s shape and dtype (no promotion)."""
+    unit = _IDENTITY_OPERAND.get(node.target)
+    if unit is None or node.kwargs or len(node.args) != 2:
+        return False
+    other = node.args[1]
+    if isinstance(other, bool) or not isinstance(other, (int, float)) or other != unit:
+        return False
+    out, inp = _val(node), _val(source)
+    return (out is not None and inp is not None and out.dtype == inp.dtype
+            and out.shape == inp.shape)
+
+
 def _skip_no_ops(graph: torch.fx.Graph, unsafe: set) -> None:
     """Readers of ``detach``/``alias`` (the graph computes no gradients) and of a view
     or expand to the shape its input already has read the input instead; a view of a
@@ -181,7 +200,7 @@ def _skip_no_ops(graph: torch.fx.Graph, unsafe: set) -> None:
             continue
         if node.target in _SAME_VALUE or (
                 node.target in _RESHAPES and _shape(node) is not None
-                and _shape(node) == _shape(source)):
+                and _shape(node) == _shape(source)) or _is_identity_arithmetic(node, source):
             node.replace_all_uses_with(source)
         elif (node.target is _VIEW and source.op == "call_function"
               and source.target is _VIEW):
@@ -337,25 +356,23 @@ def _batch_group(graph: torch.fx.Graph, members: list, batched: dict, unsafe: se
 
     for position, arg in enumerate(members[0].args):
         column = [m.args[position] for m in members]
-        if not isinstance(arg, torch.fx.Node):
-            new_args.append(arg)
+        if not isinstance(arg, torch.fx.Node) or all(c is arg for c in column):
+            new_args.append(arg)  # shared: broadcasts along the new leading dim
             continue
         shape = tuple(_val(arg).shape)
         padded = (1,) * (ndim - len(shape)) + shape
-        if all(c is arg for c in column):  # shared: broadcast along the new dim
-            new_args.append(add(_RESHAPE, (arg, [1, *padded])))
-            new = new_args[-1]
-        else:
-            source = _stacked_source(column, batched)
-            if source is not None and len(shape) == ndim:
-                new_args.append(source)
-                continue
-            pieces = column if len(shape) == ndim else [
-                add(_RESHAPE, (c, list(padded))) for c in column]
-            new = add(_STACK, (list(pieces),))
-            new_args.append(new)
-        new.meta["val"] = torch.empty((k if new.target is _STACK else 1, *padded),
-                                      dtype=_val(arg).dtype, device="meta")
+        sources = _before_reshapes(column)
+        inner = tuple(_val(sources[0]).shape)
+        stacked = _stacked_source(sources, batched)
+        if stacked is None:
+            stacked = add(_STACK, (list(sources),))
+            stacked.meta["val"] = torch.empty((k, *inner), dtype=_val(arg).dtype,
+                                              device="meta")
+        if inner != padded:
+            stacked = add(_RESHAPE, (stacked, [k, *padded]))
+            stacked.meta["val"] = torch.empty((k, *padded), dtype=_val(arg).dtype,
+                                              device="meta")
+        new_args.append(stacked)
     stacked = add(members[0].target, tuple(new_args))
     stacked.meta["val"] = torch.empty((k, *out.shape), dtype=out.dtype, device="meta")
     pieces = add(_UNBIND, (stacked, 0))
@@ -405,6 +422,26 @@ def _in_stacked_order(members: list, batched: dict) -> list:
     return members
 
 
+_SHAPE_ONLY = {_VIEW, _RESHAPE, torch.ops.aten._unsafe_view.default,
+               torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim,
+               torch.ops.aten.squeeze.default}
+
+
+def _before_reshapes(column: list) -> list:
+    """The tensors ``column``'s reshapes read, when every entry is a reshape of a
+    contiguous tensor of one shape (one reshape of their stack replaces them all);
+    else ``column``."""
+    inner = [c.args[0] if c.op == "call_function" and c.target in _SHAPE_ONLY else None
+             for c in column]
+    if any(not isinstance(i, torch.fx.Node) or _val(i) is None for i in inner):
+        return column
+    first = _val(inner[0])
+    if all(_val(i).shape == first.shape and _val(i).dtype == first.dtype
+           and _val(i).is_contiguous() for i in inner):
+        return inner
+    return column
+
+
 def _stacked_source(column: list, batched: dict):
     """The stacked tensor whose unbound pieces ``column`` is, in order; else None."""
     first = batched.get(column[0])
@@ -415,3 +452,115 @@ def _stacked_source(column: list, batched: dict):
         if batched.get(node) != (source, j):
             return None
     return source if _val(source).shape[0] == len(column) else None
+
+
+_INDEX_PUT = torch.ops.aten.index_put.default
+_ZEROS = {torch.ops.aten.new_zeros.default, torch.ops.aten.zeros_like.default,
+          torch.ops.aten.zeros.default}
+_CAT = torch.ops.aten.cat.default
+
+
+def _scatter_leaf(node: torch.fx.Node, unsafe: set):
+    """``(index, values)`` of ``index_put(zeros, [index], values, accumulate=True)``
+    with values of exactly ``index.shape + zeros.shape[1:]`` (the gradient of an
+    indexing ``x[i]``); else None."""
+    if node.op != "call_function" or node.target is not _INDEX_PUT or node in unsafe:
+        return None
+    base, indices, values = node.args[:3]
+    accumulate = node.args[3] if len(node.args) > 3 else node.kwargs.get("accumulate")
+    if (accumulate is not True or not isinstance(base, torch.fx.Node)
+            or base.op != "call_function" or base.target not in _ZEROS
+            or not isinstance(indices, (list, tuple)) or len(indices) != 1
+            or not isinstance(indices[0], torch.fx.Node)):
+        return None
+    index, out, vals = _val(indices[0]), _val(node), _val(values)
+    if index is None or out is None or vals is None or index.dtype != torch.int64:
+        return None
+    if tuple(vals.shape) != tuple(index.shape) + tuple(out.shape[1:]) or vals.dtype != out.dtype:
+        return None
+    return indices[0], values
+
+
+def _merge_scatter_sums(gm: torch.fx.GraphModule, unsafe: set) -> int:
+    """A sum of ``index_put`` s into zeros (how autograd adds up the gradients of a
+    parameter indexed once per site, ``locs[x_t]``: a zeros, a scatter and an add per
+    site) becomes one scatter of the concatenated indices and values. Returns the
+    number of sums merged."""
+    graph = gm.graph
+    terms: dict[torch.fx.Node, list] = {}
+    for node in graph.nodes:
+        leaf = _scatter_leaf(node, unsafe)
+        if leaf is not None:
+            terms[node] = [leaf]
+        elif (node.op == "call_function" and node.target is torch.ops.aten.add.Tensor
+              and not node.kwargs and node not in unsafe and len(node.args) == 2
+              and all(a in terms and len(a.users) == 1 for a in node.args)
+              and _val(node) is not None
+              and all(_val(a) is not None and _val(a).shape == _val(node).shape
+                      and _val(a).dtype == _val(node).dtype for a in node.args)):
+            terms[node] = terms[node.args[0]] + terms[node.args[1]]
+    roots = [n for n, t in terms.items() if len(t) > 2
+             and not any(u in terms and n in u.args for u in n.users)]
+    for root in roots:
+        _scatter_once(gm, root, _whole_stacks_first(terms[root]))
+    if roots:
+        graph.eliminate_dead_code()
+    return len(roots)
+
+
+def _whole_stacks_first(leaves: list) -> list:
+    """``leaves`` (summands: their order is free) where the values are all the rows of
+    one stacked tensor, each row scattered with the same stored index, replaced by one
+    leaf ``(("repeat", index, rows), stacked tensor)``."""
+    rows: dict[torch.fx.Node, dict[int, tuple]] = {}
+    for leaf in leaves:
+        index, value = leaf
+        unbound = value.args[0] if (value.op == "call_function"
+                                    and value.target is operator.getitem) else None
+        if (isinstance(unbound, torch.fx.Node) and unbound.target is _UNBIND
+                and tuple(unbound.args[1:]) in ((0,), ()) and index.op == "get_attr"):
+            rows.setdefault(unbound, {})[value.args[1]] = leaf
+    merged, taken = [], set()
+    for unbound, by_row in rows.items():
+        stacked = unbound.args[0]
+        count = _val(stacked).shape[0] if _val(stacked) is not None else -1
+        if sorted(by_row) == list(range(count)) and len({v[0] for v in by_row.values()}) == 1:
+            merged.append((("repeat", by_row[0][0], count), stacked))
+            taken.update(id(leaf) for leaf in by_row.values())
+    return merged + [leaf for leaf in leaves if id(leaf) not in taken]
+
+
+def _flat_index(graph: torch.fx.Graph, index) -> torch.fx.Node:
+    if isinstance(index, tuple):  # ("repeat", index, rows)
+        flat = graph.call_function(_RESHAPE, (index[1], [-1]))
+        return graph.call_function(torch.ops.aten.repeat.default, (flat, [index[2]]))
+    return graph.call_function(_RESHAPE, (index, [-1]))
+
+
+def _scatter_once(gm: torch.fx.GraphModule, root: torch.fx.Node, leaves: list) -> None:
+    graph = gm.graph
+    out = _val(root)
+    trailing = list(out.shape[1:])
+
+    def stored(index):
+        if isinstance(index, tuple):  # ("repeat", index, rows)
+            return getattr(gm, index[1].target).reshape(-1).repeat(index[2])
+        return getattr(gm, index.target).reshape(-1) if index.op == "get_attr" else None
+
+    with graph.inserting_before(root):
+        constants = [stored(index) for index, _ in leaves]
+        if all(c is not None for c in constants):
+            name = f"_folded_scatter{len(graph.nodes)}"
+            setattr(gm, name, torch.cat(constants))
+            index = graph.create_node("get_attr", name)
+        else:
+            index = graph.call_function(_CAT, ([_flat_index(graph, i) for i, _ in leaves],))
+        flat = [v if _val(v).dim() == 1 + len(trailing) else
+                graph.call_function(_RESHAPE, (v, [-1, *trailing])) for _, v in leaves]
+        values = graph.call_function(_CAT, (flat,)) if len(flat) > 1 else flat[0]
+        zeros = graph.call_function(torch.ops.aten.new_zeros.default,
+                                    (values, list(out.shape)), {"dtype": out.dtype,
+                                                                "device": out.device})
+        merged = graph.call_function(_INDEX_PUT, (zeros, [index], values, True))
+    merged.meta["val"] = out
+    root.replace_all_uses_with(merged)

@@ -86,7 +86,7 @@ class _Pending:
     random state they drew from."""
 
     job: BackgroundCompile
-    production: torch.fx.GraphModule
+    graph: dict  # the portable graph the child compiles; rebuilt here at the swap
     layout: StepLayout
     had_grad: list[bool]
     inputs: list
@@ -400,7 +400,7 @@ class CompiledStep:
             return graph, traced["reference"]
         copies = [t.detach().clone() if torch.is_tensor(t) else t for t in inputs]
         job = BackgroundCompile(self.backend.name, data, copies, marker)
-        self.pending[key] = _Pending(job, load_portable(data), layout, traced["had_grad"],
+        self.pending[key] = _Pending(job, data, layout, traced["had_grad"],
                                      copies, traced["reference"], traced["rng_state"],
                                      traced["devices"], self.steps)
         interim = self._interim(layout, inputs, traced, production)
@@ -443,7 +443,8 @@ class CompiledStep:
         try:
             with threads_as(pending.job.threads):  # the child's count: a cache hit
                 run, backend = compile_checked(
-                    self.backends, pending.production, pending.inputs, pending.layout,
+                    self.backends, load_portable(pending.graph), pending.inputs,
+                    pending.layout,
                     pending.reference, pending.devices, self.jit_options,
                     lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
                     failed=failed, rng_state=pending.rng_state)
