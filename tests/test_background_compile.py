@@ -119,6 +119,39 @@ def test_the_step_lends_a_core_to_the_compile_process_and_takes_it_back(gated_co
         torch.set_num_threads(before)
 
 
+def test_compile_children_are_capped_per_process_and_stop_with_their_step(
+        gated_compiles, monkeypatch):
+    import gc
+
+    from pyro_svi_ext.compile import background
+
+    monkeypatch.setattr(background, "MAX_CHILDREN", 1)
+    x, y = data()
+
+    def started_svi():
+        elbo = JitTrace_ELBO(backend="inductor")
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+        for _ in range(3):
+            svi.step(x, y)
+        return svi, next(iter(compiled_step(elbo).pending.values())).job
+
+    pyro.clear_param_store()
+    first, first_job = started_svi()
+    second, second_job = started_svi()
+    assert first_job._proc is not None and second_job._proc is None  # waits for a slot
+    assert len(background._LIVE) == 1
+    child = first_job._proc
+    del first, first_job
+    gc.collect()
+    assert child.poll() is not None  # the collected step's child was stopped
+    second.step(x, y)  # polls: the slot is free, the waiting compile starts
+    assert second_job._proc is not None and len(background._LIVE) == 1
+    gated_compiles.touch()
+    assert second.wait_for_compiles(600)
+    second.step(x, y)
+    assert compiled_step(second.loss_fn).graphs.graphs
+
+
 def test_a_background_compile_that_fails_falls_back_to_the_next_backend(monkeypatch):
     def broken(gm, inputs):
         raise RuntimeError("no C++ compiler")
