@@ -190,10 +190,10 @@ class _ThreadLease:
     """While compile children run and the step's torch threads would leave no core
     for them, the step runs with one thread fewer; the count is put back when the last
     child ends (unless the user changed it meanwhile). Measured on 2 cores at torch's
-    default of 2 threads (``bench_time_to_fit.py --threads default``): OpenMP's threads
-    wait actively, so a child at nice 10 still slowed every step, and 2,000 steps of
-    the amortized MLP and the TraceGraph model took 2.7 s, against 1.5-1.6 s at one
-    thread."""
+    default of 2 threads, cold cache, 2,000 steps, with and without the lease in one
+    run: OpenMP's threads wait actively, so a child at nice 10 still slowed every step
+    without it; the amortized MLP took 2.8-3.0 s with it against 4.7 s without, the
+    non-reparameterized TraceGraph model 3.0-3.1 s against 5.2 s."""
 
     def __init__(self) -> None:
         self.children = 0
@@ -260,16 +260,18 @@ class BackgroundCompile:
                          "inputs": describe_inputs(inputs),
                          "marker": None if marker is None else str(marker)}, f)
         self._log = self._dir / "stderr.txt"  # the child's stderr
+        self._counted = False  # holds a slot and a thread lease
+        if len(_LIVE) >= MAX_CHILDREN:
+            gc.collect()  # the children of step objects nobody holds stop with them
         self._start_if_free()
 
     def _start_if_free(self) -> bool:
-        """Start the child if fewer than :data:`MAX_CHILDREN` run; whether it runs."""
+        """Start the child if fewer than :data:`MAX_CHILDREN` run; whether it runs.
+        (Polled on every step while the job waits: no more than a length check.)"""
         if self._proc is not None:
             return True
         if len(_LIVE) >= MAX_CHILDREN:
-            gc.collect()  # the children of step objects nobody holds stop with them
-            if len(_LIVE) >= MAX_CHILDREN:
-                return False
+            return False
         # one compile thread: the other core is the training step's
         env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHINDUCTOR_COMPILE_THREADS="1")
         with open(self._log, "wb") as err:  # the child has its own copy of the handle
@@ -312,7 +314,7 @@ class BackgroundCompile:
 
     def _release(self) -> None:
         _LIVE.discard(self)
-        if getattr(self, "_counted", False):  # (a collected job is out of _LIVE already)
+        if self._counted:  # (a collected job is out of _LIVE already)
             self._counted = False
             THREADS.give_back()
 
