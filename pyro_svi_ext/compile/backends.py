@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_svi_ext.compile.graph_passes import fewer_ops
 from pyro_svi_ext.compile.matmul_choices import cpu_matmul_choices
 
 
@@ -26,7 +27,7 @@ class Backend:
 
 
 def _eager(gm, example_inputs):
-    return gm
+    return fewer_ops(gm)
 
 
 _LEGACY_NOTICE = [False]
@@ -49,7 +50,8 @@ def _torchscript(gm, example_inputs, jit_options: dict | None = None):
     inputs = [t.detach().clone() for t in example_inputs]  # tracing runs the graph once
     with warnings.catch_warnings(), torch.random.fork_rng(), torch.no_grad():
         warnings.simplefilter("ignore")
-        return torch.jit.trace(gm, inputs, **{"check_trace": False, **(jit_options or {})})
+        return torch.jit.trace(fewer_ops(gm), inputs,
+                               **{"check_trace": False, **(jit_options or {})})
 
 
 def _inductor(gm, example_inputs):

@@ -1,7 +1,8 @@
-"""Smaller step graphs before any backend sees them: in-place masks made out of place,
-no-op aliases and arithmetic skipped, repeated expressions computed once, constants
-folded, identical independent pointwise ops stacked into one, per-site gradient
-scatters summed by one scatter, dead nodes dropped.
+"""Smaller step graphs. Before any backend sees them (:func:`simplify`): in-place masks
+made out of place, no-op aliases and arithmetic skipped, repeated expressions computed
+once, constants folded, dead nodes dropped. For the backends that run a graph op by op
+(:func:`fewer_ops`): identical independent pointwise ops stacked into one, per-site
+gradient scatters summed by one scatter.
 
 A traced step repeats what Pyro's distributions compute per site: an enumerated HMM
 unrolled over T=100 (``benchmarks/models.py``) traces to 7,502 nodes, of which a
@@ -40,12 +41,37 @@ def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     _merge_common(gm.graph, unsafe)  # first: folding gives each copy its own constant
     if _fold_constants(gm, unsafe):
         _merge_common(gm.graph, unsafe)
-    gm.graph.eliminate_dead_code()  # before batching: a dead node would join a batch
-    batch_siblings(gm.graph, unsafe)
-    _merge_scatter_sums(gm, unsafe)
+    gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def fewer_ops(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of ``gm`` (a :func:`simplify` d graph) with fewer, larger ops, for the
+    backends that run a graph op by op (TorchScript, eager replay), where each op costs
+    its dispatch: identical independent pointwise ops stacked into one
+    (:func:`batch_siblings`) and per-site gradient scatters summed by one scatter.
+
+    Not for inductor, which fuses pointwise ops itself: there the stacks and unbinds
+    only add copies. Measured (one thread, interleaved medians): BLR N=1000's inductor
+    step took 0.135 ms with these passes against 0.068 ms without; the enumerated
+    HMM's TorchScript step 3.9 ms with them against 11.1 ms without."""
+    copy = torch.fx.GraphModule(gm, copy_graph(gm.graph))
+    unsafe = _touched_by_mutation(copy.graph)
+    batch_siblings(copy.graph, unsafe)
+    _merge_scatter_sums(copy, unsafe)
+    copy.graph.lint()
+    copy.recompile()
+    return copy
+
+
+def copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:
+    """A copy of ``graph`` whose nodes keep their metadata (the recorded tensors)."""
+    new = torch.fx.Graph()
+    output = new.graph_copy(graph, {})
+    new.output(output)
+    return new
 
 
 def _val(node):
