@@ -1,0 +1,135 @@
+"""Recording a step into an FX graph by running it once on real tensors.
+
+A dispatch mode writes each aten op the step runs (the forward pass, and autograd's
+backward pass, which the engine runs through the same modes) as a node, in the order it
+ran: the graph ``make_fx`` would trace, for a fraction of its cost. Measured on 2 cores
+(torch 2.13 CPU): ``make_fx(tracing_mode="fake")`` spends 1.4-1.9 ms per recorded op
+(proxy bookkeeping and fake-tensor dispatch; the enumerated HMM K=4 T=100, 7,950 ops,
+took 13.4 s), this recorder about 0.2 ms.
+
+Real tensors can be read by Python, which a static graph cannot follow. Every such read
+stops the recording with :class:`~pyro_svi_ext.compile.tracing.Untraceable` (the step
+then runs eagerly): an op whose result is a host value (``.item()``, ``bool(t)``,
+``float(t)``, ``aten.equal``), an op whose output shape depends on tensor values
+(``nonzero``, ``masked_select``, a boolean index), and ``.tolist()``, ``.numpy()``,
+``__array__``. ``t.data`` is recorded as a ``detach`` of ``t``. A tensor the step did not
+make and was not given (a model's data or buffers in a closure) becomes a constant of
+the graph, as with ``make_fx``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pyro_svi_ext.compile.tracing import Untraceable
+
+_INDEX_OPS = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default,
+              torch.ops.aten.index_put_.default, torch.ops.aten._index_put_impl_.default}
+_MASKS = (torch.bool, torch.uint8)
+#: tensor methods that hand tensor values to Python
+_HOST_READS = {"tolist", "numpy", "__array__", "item", "__bool__", "__float__", "__int__",
+               "__index__", "__complex__"}
+_DATA = torch.Tensor.data.__get__
+
+
+class _Recorder(TorchDispatchMode):
+    """Writes each op into ``graph``; ``nodes`` maps a live tensor (by ``id``) to the
+    node that made it. Every tensor seen is kept alive, so no ``id`` is reused."""
+
+    def __init__(self, graph: torch.fx.Graph, root: torch.nn.Module) -> None:
+        super().__init__()
+        self.graph, self.root = graph, root
+        self.nodes: dict[int, torch.fx.Node] = {}
+        self.alive: list[torch.Tensor] = []
+        self.constants = 0
+
+    def bind(self, tensor: torch.Tensor, node: torch.fx.Node) -> None:
+        node.meta["val"] = tensor
+        self.nodes[id(tensor)] = node
+        self.alive.append(tensor)
+
+    def node_of(self, tensor: torch.Tensor) -> torch.fx.Node:
+        node = self.nodes.get(id(tensor))
+        if node is None:  # made outside the step: a constant
+            name = f"_tensor_constant{self.constants}"
+            self.constants += 1
+            setattr(self.root, name, tensor)
+            node = self.graph.get_attr(name)
+            self.bind(tensor, node)
+        return node
+
+    def arg(self, value):
+        if isinstance(value, torch.Tensor):
+            return self.node_of(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.arg(v) for v in value)
+        return value
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        _refuse_value_reads(func, args)
+        out = func(*args, **kwargs)
+        node = self.graph.call_function(func, self.arg(args),
+                                        {k: self.arg(v) for k, v in kwargs.items()})
+        if isinstance(out, torch.Tensor):
+            self.bind(out, node)
+        elif isinstance(out, (list, tuple)):
+            node.meta["val"] = out
+            for i, item in enumerate(out):
+                if isinstance(item, torch.Tensor):
+                    self.bind(item, self.graph.call_function(operator.getitem, (node, i)))
+        elif out is not None:
+            raise Untraceable(f"{func} returns a host value ({type(out).__name__})")
+        return out
+
+
+def _refuse_value_reads(func, args: tuple) -> None:
+    """:class:`Untraceable` for an op whose result depends on tensor values in a way
+    a static graph cannot hold."""
+    tags = func.tags
+    if torch.Tag.data_dependent_output in tags:
+        raise Untraceable(f"{func} reads tensor values into Python")
+    if func in _INDEX_OPS:
+        indices = args[1] if len(args) > 1 else ()
+        if any(isinstance(i, torch.Tensor) and i.dtype in _MASKS for i in indices):
+            raise Untraceable(f"{func} with a boolean mask has a data-dependent shape")
+    elif torch.Tag.dynamic_output_shape in tags:
+        raise Untraceable(f"{func} has a data-dependent output shape")
+
+
+class _HostReads(TorchFunctionMode):
+    """Refuses the tensor methods that give Python tensor values; records ``t.data``
+    as ``t.detach()`` (same values, no gradient)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is _DATA:
+            return args[0].detach()
+        if getattr(func, "__name__", None) in _HOST_READS:
+            raise Untraceable(f"the step reads tensor values into Python ({func.__name__})")
+        return func(*args, **(kwargs or {}))
+
+
+def record(fn: Callable, inputs: list) -> torch.fx.GraphModule:
+    """The graph of ``fn(*inputs)``, run once on ``inputs``: one placeholder per input
+    (non-tensor inputs are specialized, as with ``make_fx``), one node per aten op, and
+    an output node holding ``fn``'s tuple of tensors. ``node.meta["val"]`` holds the
+    tensor each node made on this run. :class:`Untraceable` when ``fn`` reads tensor
+    values (see the module docstring)."""
+    graph, root = torch.fx.Graph(), torch.nn.Module()
+    recorder = _Recorder(graph, root)
+    for i, value in enumerate(inputs):
+        node = graph.placeholder(f"arg{i}_1")
+        if isinstance(value, torch.Tensor):
+            recorder.bind(value, node)
+        else:
+            node.meta["val"] = value
+    with _HostReads(), recorder:
+        outputs = fn(*inputs)
+    graph.output(tuple(recorder.node_of(t) if isinstance(t, torch.Tensor) else t
+                       for t in outputs))
+    return torch.fx.GraphModule(root, graph)
