@@ -202,7 +202,7 @@ def test_torchscript_backend_is_exact_and_says_once_it_is_legacy(cls, case, recw
     elbo = cls(backend="jit", **case.elbo_kwargs)
     ours = run_svi(elbo, case, steps=6)
     assert compiled_step(elbo).graphs, compiled_step(elbo).dynamic_reason
-    assert isinstance(next(iter(compiled_step(elbo).graphs.values())).run,
+    assert isinstance(next(iter(compiled_step(elbo).graphs.values())).run.module,
                       torch.jit.ScriptModule)
     assert_same_run(ours, run_svi(EAGER_OF[cls](**case.elbo_kwargs), case, steps=6))
     run_svi(cls(backend="jit", **case.elbo_kwargs), case, steps=3)  # compiles again

@@ -25,6 +25,11 @@ import operator
 
 import torch
 
+try:
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _LAZY
+except ImportError:  # pragma: no cover - a torch without lazy graph modules
+    _LAZY = torch.fx.GraphModule
+
 #: folded constants larger than this stay computed in the graph (a folded
 #: ``expand`` would otherwise be stored at its expanded size)
 MAX_FOLDED_ELEMENTS = 4096
@@ -64,6 +69,14 @@ def fewer_ops(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     copy.graph.lint()
     copy.recompile()
     return copy
+
+
+def lazy_module(root: torch.nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+    """A graph module whose Python code is generated at its first call, not at each
+    construction and pass: most step graphs are copied, passed over or sent to a compile
+    process without being called. Generating the enumerated HMM's code (4,400 nodes)
+    took 0.4-0.7 s each time, five times per trace before."""
+    return _LAZY(root, graph)
 
 
 def copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:

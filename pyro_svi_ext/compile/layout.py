@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_svi_ext.compile.graph_passes import lazy_module
+
 
 @dataclass(frozen=True)
 class StepLayout:
@@ -89,4 +91,4 @@ def writing_in_place(gm: torch.fx.GraphModule, layout: StepLayout) -> torch.fx.G
         graph.call_function(torch.ops.aten.copy_.default, (placeholders[at], value))
     graph.output(tuple(outputs[:layout.kept]))
     graph.eliminate_dead_code()
-    return torch.fx.GraphModule(gm, graph)
+    return lazy_module(gm, graph)

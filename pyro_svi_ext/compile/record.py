@@ -26,6 +26,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pyro_svi_ext.compile.graph_passes import lazy_module
 from pyro_svi_ext.compile.tracing import Untraceable
 
 _INDEX_OPS = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default,
@@ -132,4 +133,4 @@ def record(fn: Callable, inputs: list) -> torch.fx.GraphModule:
         outputs = fn(*inputs)
     graph.output(tuple(recorder.node_of(t) if isinstance(t, torch.Tensor) else t
                        for t in outputs))
-    return torch.fx.GraphModule(root, graph)
+    return lazy_module(root, graph)
