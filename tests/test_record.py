@@ -101,6 +101,19 @@ def test_reading_tensor_values_is_untraceable(read):
         record(lambda x: (read(x),), [torch.randn(4)])
 
 
+def test_printing_a_tensor_is_not_a_value_read(capsys):
+    def fn(x):
+        y = x * 2
+        print(f"y = {y}, first {y[0]:.1f}")
+        return y + 1,
+
+    gm = record(fn, [torch.ones(3)])
+    assert "y = tensor([2., 2., 2.]), first 2.0" in capsys.readouterr().out
+    torch.testing.assert_close(gm(torch.full((3,), 5.0))[0], torch.full((3,), 11.0))
+    assert not any(n.target is torch.ops.aten._local_scalar_dense.default
+                   for n in gm.graph.nodes)
+
+
 def test_a_model_that_reads_values_runs_eagerly_with_the_reason():
     pyro.clear_param_store()
     data = torch.randn(10)

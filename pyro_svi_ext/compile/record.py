@@ -12,7 +12,8 @@ stops the recording with :class:`~pyro_svi_ext.compile.tracing.Untraceable` (the
 then runs eagerly): an op whose result is a host value (``.item()``, ``bool(t)``,
 ``float(t)``, ``aten.equal``), an op whose output shape depends on tensor values
 (``nonzero``, ``masked_select``, a boolean index), and ``.tolist()``, ``.numpy()``,
-``__array__``. ``t.data`` is recorded as a ``detach`` of ``t``. A tensor the step did not
+``__array__``. ``t.data`` is recorded as a ``detach`` of ``t``; printing or formatting a
+tensor runs unrecorded. A tensor the step did not
 make and was not given (a model's data or buffers in a closure) becomes a constant of
 the graph, as with ``make_fx``.
 """
@@ -36,6 +37,8 @@ _MASKS = (torch.bool, torch.uint8)
 _HOST_READS = {"tolist", "numpy", "__array__", "item", "__bool__", "__float__", "__int__",
                "__index__", "__complex__"}
 _DATA = torch.Tensor.data.__get__
+#: a tensor shown as text
+_SHOWN = {"__repr__", "__str__", "__format__"}
 
 
 class _Recorder(TorchDispatchMode):
@@ -48,6 +51,7 @@ class _Recorder(TorchDispatchMode):
         self.nodes: dict[int, torch.fx.Node] = {}
         self.alive: list[torch.Tensor] = []
         self.constants = 0
+        self.paused = 0  # inside a tensor's repr: ops run, nothing is recorded
 
     def bind(self, tensor: torch.Tensor, node: torch.fx.Node) -> None:
         node.meta["val"] = tensor
@@ -73,6 +77,8 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         _refuse_value_reads(func, args)
         out = func(*args, **kwargs)
         node = self.graph.call_function(func, self.arg(args),
@@ -105,14 +111,28 @@ def _refuse_value_reads(func, args: tuple) -> None:
 
 class _HostReads(TorchFunctionMode):
     """Refuses the tensor methods that give Python tensor values; records ``t.data``
-    as ``t.detach()`` (same values, no gradient)."""
+    as ``t.detach()`` (same values, no gradient). Printing or formatting a tensor
+    (``print(loc)`` in a model, a warning's message) reads values that no op uses: it
+    runs unrecorded."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func is _DATA:
             return args[0].detach()
-        if getattr(func, "__name__", None) in _HOST_READS:
-            raise Untraceable(f"the step reads tensor values into Python ({func.__name__})")
-        return func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", None)
+        if name in _SHOWN or self.recorder.paused:
+            self.recorder.paused += 1
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.recorder.paused -= 1
+        if name in _HOST_READS:
+            raise Untraceable(f"the step reads tensor values into Python ({name})")
+        return func(*args, **kwargs)
 
 
 def record(fn: Callable, inputs: list) -> torch.fx.GraphModule:
@@ -129,7 +149,7 @@ def record(fn: Callable, inputs: list) -> torch.fx.GraphModule:
             recorder.bind(value, node)
         else:
             node.meta["val"] = value
-    with _HostReads(), recorder:
+    with _HostReads(recorder), recorder:
         outputs = fn(*inputs)
     graph.output(tuple(recorder.node_of(t) if isinstance(t, torch.Tensor) else t
                        for t in outputs))
