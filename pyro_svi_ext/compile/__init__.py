@@ -1,5 +1,5 @@
 """Compiled SVI steps: a model/guide pair's loss, gradients and (with a supported
-optimizer) the optimizer's update traced once into a flat graph (``make_fx``) and handed
+optimizer) the optimizer's update recorded once into a flat graph (``record.py``) and handed
 to a backend (eager replay, TorchScript, inductor).
 
 ``step.py`` runs a step (:class:`CompiledStep`); ``layout.py`` places its inputs and

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_svi_ext.compile.graph_passes import copy_graph, fewer_ops
+from pyro_svi_ext.compile.graph_passes import copy_graph, fewer_ops, without_values
 from pyro_svi_ext.compile.matmul_choices import cpu_matmul_choices
 
 
@@ -27,10 +27,7 @@ class Backend:
 
 
 def _eager(gm, example_inputs):
-    graph = fewer_ops(gm)
-    for node in graph.graph.nodes:  # the recorded tensors are not kept with the graph
-        node.meta.pop("val", None)
-    return graph
+    return without_values(fewer_ops(gm))
 
 
 _LEGACY_NOTICE = [False]
@@ -98,11 +95,7 @@ def _inductor(gm, example_inputs):
         # and an aborted process with one allocation per buffer); tails run scalar
         "cpp.enable_loop_tail_vec": False,
     }
-    # inductor propagates its own fake tensors: the recorded (real) ones are dropped
-    # (with them, an op without a meta kernel, e.g. Dirichlet sampling, fails)
-    gm = torch.fx.GraphModule(gm, copy_graph(cpu_matmul_choices(gm).graph))
-    for node in gm.graph.nodes:
-        node.meta.pop("val", None)
+    gm = without_values(torch.fx.GraphModule(gm, copy_graph(cpu_matmul_choices(gm).graph)))
     with inductor_config.patch(options), torch.no_grad(), _quiet_inductor_notes(), \
             _recursion_limit_for(gm), _static_fake_context(example_inputs) as fake_inputs:
         return compile_fx(gm, fake_inputs)

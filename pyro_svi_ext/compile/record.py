@@ -13,9 +13,8 @@ then runs eagerly): an op whose result is a host value (``.item()``, ``bool(t)``
 ``float(t)``, ``aten.equal``), an op whose output shape depends on tensor values
 (``nonzero``, ``masked_select``, a boolean index), and ``.tolist()``, ``.numpy()``,
 ``__array__``. ``t.data`` is recorded as a ``detach`` of ``t``; printing or formatting a
-tensor runs unrecorded. A tensor the step did not
-make and was not given (a model's data or buffers in a closure) becomes a constant of
-the graph, as with ``make_fx``.
+tensor runs unrecorded. A tensor the step did not make and was not given (a model's data
+or buffers in a closure) becomes a constant of the graph, as with ``make_fx``.
 """
 
 from __future__ import annotations
@@ -124,7 +123,7 @@ class _HostReads(TorchFunctionMode):
         if func is _DATA:
             return args[0].detach()
         name = getattr(func, "__name__", None)
-        if name in _SHOWN or self.recorder.paused:
+        if name in _SHOWN:  # (the mode is off inside this method: no nesting)
             self.recorder.paused += 1
             try:
                 return func(*args, **kwargs)

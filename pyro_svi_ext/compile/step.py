@@ -3,8 +3,8 @@ steps.
 
 The first call runs the estimator eagerly (validation, param creation, optimizer state)
 and keeps what it learnt: the params touched and the estimator's
-:class:`~pyro_svi_ext.protocol.CompileFacts`. Later calls trace, with fake
-tensors, one of two graphs (laid out by :class:`~pyro_svi_ext.compile.layout.StepLayout`):
+:class:`~pyro_svi_ext.protocol.CompileFacts`. Later calls record (:mod:`.record`: one
+real run) one of two graphs (laid out by :class:`~pyro_svi_ext.compile.layout.StepLayout`):
 
 - the whole SVI step (with a supported optimizer, see :mod:`.optim_plan`): loss,
   gradients and the optimizer's update; new params, optimizer state and side state are
@@ -255,20 +255,16 @@ class CompiledStep:
 
     @staticmethod
     def _record(fn: Callable, inputs: list) -> torch.fx.GraphModule:
-        """The step's graph: :func:`.record.record` (a real run, about 8x cheaper than
+        """The step's graph: :func:`.record.record` (a real run, 5-8x cheaper than
         ``make_fx``), or ``make_fx``'s fake-tensor trace where the recorder fails for
         another reason than a value read (:class:`Untraceable` passes through)."""
         try:
-            with torch.random.fork_rng():
-                return record(fn, inputs)
+            return record(fn, inputs)
         except Untraceable:
             raise
         except Exception as err:
             logger.info("recording the step failed (%s: %s); tracing with make_fx",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-        for t in inputs:  # the failed run may have left gradients behind
-            if torch.is_tensor(t):
-                t.grad = None
         return make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
 
     def _eager_reference(self, params: list, side: list, args: tuple, kwargs: dict):
