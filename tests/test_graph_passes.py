@@ -169,3 +169,86 @@ def test_adding_zero_or_scaling_by_one_is_skipped_unless_it_promotes():
     assert _ops(gm, "add") == 1  # the int tensor's: it promotes to float
     for g, w in zip(gm(x, n), f(x, n), strict=True):
         torch.testing.assert_close(g, w)
+
+
+def _sequential_particles(loc, log_scale, data):
+    # RenyiELBO's sequential particles: each draws its noise, then runs its own copy of
+    # the same arithmetic, before the next one draws
+    weights = []
+    for _ in range(8):
+        eps = torch.empty(data.shape).normal_()
+        z = loc + log_scale.exp() * eps
+        weights.append((-((data - z) ** 2) / 2.0).sum() - (-(eps**2) / 2.0).sum(-1))
+    return torch.stack(weights).logsumexp(0)
+
+
+def test_sequential_particles_run_as_one_stacked_computation_with_the_same_draws():
+    loc, log_scale, data = torch.randn(()), torch.randn(()), torch.randn(100)
+    gm = simplify(_traced(_sequential_particles, loc, log_scale, data))
+    assert _ops(gm, "pow") == 16 and _ops(gm, "normal_") == 8
+    batched = fewer_ops(gm)
+    assert _ops(batched, "normal_") == 8  # every draw, in eager's order
+    assert _ops(batched, "pow") == 2 and _ops(batched, "aten.sum") == 2  # one per copy set
+    torch.manual_seed(3)
+    expected = _sequential_particles(loc, log_scale, data)
+    torch.manual_seed(3)
+    torch.testing.assert_close(batched(loc, log_scale, data), expected)
+
+
+def test_sums_over_the_same_dims_are_batched():
+    def f(x):
+        return [(x[i] * 2.0).sum(-1) for i in range(6)] + [(x[i] + 1.0).sum() for i in range(6)]
+
+    x = torch.randn(6, 5, 3)
+    gm = fewer_ops(simplify(_traced(f, x)))
+    assert _ops(gm, "aten.sum") == 2
+    for got, want in zip(gm(x), f(x), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_reader_is_not_moved_across_a_write_to_what_it_reads():
+    def f(buf):
+        out = []
+        for i in range(4):
+            eps = torch.empty(3).normal_()
+            out.append((buf * eps).exp())  # reads buf, which changes after the second
+            if i == 1:
+                buf.add_(1.0)
+        return out
+
+    buf = torch.randn(3)
+    gm = simplify(_traced(f, buf.clone()))
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    for node in gm.graph.nodes:  # every copy reads the input itself, as a recorder writes it
+        if node.op == "call_function" and "add_" in str(node.target):
+            node.replace_all_uses_with(placeholder, lambda user: user.op != "output")
+    gm.recompile()
+    gm = fewer_ops(gm)
+    torch.manual_seed(0)
+    expected, eager_buf = f(buf.clone()), buf + 1.0
+    torch.manual_seed(0)
+    mine = buf.clone()
+    for got, want in zip(gm(mine), expected, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(mine, eager_buf)
+
+
+def test_a_stacked_copy_reads_rows_of_earlier_stacks_without_unstacking_them():
+    loc, log_scale, data = torch.randn(()), torch.randn(()), torch.randn(100)
+    batched = fewer_ops(simplify(_traced(_sequential_particles, loc, log_scale, data)))
+    # the draws are stacked once; from there the stacked tensor is passed on, to the
+    # model's own stack of the weights too, never unbound and stacked again
+    assert _ops(batched, "stack") == 1 and _ops(batched, "unbind") == 0
+
+
+def test_rows_wanted_in_another_order_are_gathered_from_the_stacked_tensor():
+    def f(x):
+        a = [(x[i] * 2.0).exp() for i in range(8)]
+        b = [(x[i] * 3.0).exp() for i in range(8)]
+        return [a[i] + b[7 - i] for i in range(8)]  # b's rows in reverse
+
+    x = torch.randn(8, 3)
+    gm = fewer_ops(simplify(_traced(f, x)))
+    assert _ops(gm, "index_select") == 1 and _ops(gm, "aten.add") == 1
+    for got, want in zip(gm(x), f(x), strict=True):
+        torch.testing.assert_close(got, want)
