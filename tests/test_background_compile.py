@@ -4,6 +4,12 @@ switch-over step is the same."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -185,6 +191,7 @@ def test_the_compile_count_is_zero_for_an_eager_estimator():
     assert svi.compiles == 0 and svi.wait_for_compiles(0)
 
 
+@pytest.mark.slow  # about a minute on 2 cores: the interim-graph test covers the path
 def test_an_enumerated_hmm_trains_while_it_compiles(tmp_path, monkeypatch):
     """The case that motivated it: a long enumerated chain (a minute or more of cold
     inductor compile); 30 steps run meanwhile and give the eager numbers."""
@@ -215,8 +222,11 @@ def test_an_enumerated_hmm_trains_while_it_compiles(tmp_path, monkeypatch):
     svi.step(obs)
     step = compiled_step(svi.loss_fn)
     assert step.swaps and not step.pending
-    # the child's compile is recorded: a later run of this large graph (over
-    # LARGE_GRAPH nodes) compiles in place from the cache instead of in the background
+    # the child's compile is recorded: a later run of a large graph (over LARGE_GRAPH
+    # nodes) compiles in place from the cache instead of in the background
+    from pyro_svi_ext.compile import step as step_module
+
+    monkeypatch.setattr(step_module, "LARGE_GRAPH", 500)
     again, svi = run(JitTraceEnum_ELBO(max_plate_nesting=0), 3)
     step = compiled_step(svi.loss_fn)
     assert not step.pending and len(step.graphs) == 1 and not step.swaps
@@ -277,3 +287,43 @@ def test_a_shape_that_changes_every_call_starts_at_most_two_compiles(gated_compi
     step = compiled_step(svi.loss_fn)
     assert len(step.pending) == 2 and svi.compiles == 2  # the others ran eagerly
     assert losses == pytest.approx(eager_losses, rel=1e-5)
+
+
+_ORPHAN_PARENT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import pyro, pyro.optim
+from pyro_svi_ext import SVI, JitTrace_ELBO
+from test_background_compile import data, guide, model
+elbo = JitTrace_ELBO(backend="inductor")
+svi = SVI(model, guide, pyro.optim.Adam({{"lr": 0.05}}), elbo)
+x, y = data()
+for _ in range(3):
+    svi.step(x, y)
+step = next(iter(elbo._steps.values()))
+print(next(iter(step.pending.values())).job._proc.pid, flush=True)
+os._exit(0)  # no exit handler runs
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] != "Z"  # a zombie has ended (an init that does not reap keeps it)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_compile_process_ends_when_its_training_process_dies(gated_compiles):
+    parent = subprocess.run(
+        [sys.executable, "-c", _ORPHAN_PARENT.format(tests=str(Path(__file__).parent))],
+        capture_output=True, text=True, timeout=300)
+    child = int(parent.stdout.split()[-1])
+    deadline = time.monotonic() + 30
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    still = _running(child)
+    if still:
+        os.kill(child, 9)
+    assert not still, "the compile process outlived its parent"

@@ -70,6 +70,8 @@ def test_a_perturbed_pin_fails_naming_cell_scenario_and_quantity(here_results, t
     assert "FAIL pins pyro.loss" in table
 
 
+@pytest.mark.slow  # the whole matrix run of one cell (100 s on 2 cores); check_pins'
+# failure rows are tested above, and .ci/run runs the matrix itself
 def test_run_command_reports_a_perturbed_pin(tmp_path):
     pins = load_pins()
     pins["scenarios"]["hmm_enum"]["ours.grads"]["value"]["locs_loc"][0] += 1.0

@@ -273,7 +273,8 @@ class BackgroundCompile:
         if len(_LIVE) >= MAX_CHILDREN:
             return False
         # one compile thread: the other core is the training step's
-        env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHINDUCTOR_COMPILE_THREADS="1")
+        env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHINDUCTOR_COMPILE_THREADS="1",
+                   PYRO_SVI_EXT_PARENT_PID=str(os.getpid()))
         with open(self._log, "wb") as err:  # the child has its own copy of the handle
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pyro_svi_ext.compile.compile_worker",

@@ -4,13 +4,18 @@ backend, which leaves the result in that backend's on-disk cache (inductor's FX 
 cache), and exits 0; else prints the error and exits 1.
 
 ``PYRO_SVI_EXT_COMPILE_GATE``: a file the child waits for before compiling (for tests
-that need a compile to be still running)."""
+that need a compile to be still running).
+
+The child ends when its parent does: a training process that is killed, or leaves by
+``os._exit``, runs no exit handler to stop it, and an inductor compile of a long
+chain runs for minutes on a core nobody is waiting for."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +33,22 @@ def _example(description: tuple):
                                requires_grad=requires_grad)
 
 
+def _exit_with_parent(every: float = 0.5) -> None:
+    """Leave (status 3) once this process's parent is no longer the one that started
+    it (``PYRO_SVI_EXT_PARENT_PID``: it may end before this line runs; orphans are
+    handed to another process)."""
+    parent = int(os.environ.get("PYRO_SVI_EXT_PARENT_PID") or os.getppid())
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(path: str) -> int:
+    _exit_with_parent()
     import torch
 
     from pyro_svi_ext.compile.backends import get_backend

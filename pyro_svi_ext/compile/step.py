@@ -99,12 +99,14 @@ class _Pending:
 #: backends whose compile runs in a child process (the slow ones); the others compile in
 #: place
 BACKGROUND_BACKENDS = ("inductor",)
-#: graphs with more nodes than this compile in place when the cache already holds them.
-#: Measured (2,000 steps, 2 cores, warm cache): the HMM K=4 T=100 (7,950 nodes) took
-#: 18.1 s with an interim TorchScript graph (5.3 s to compile it, 5.6 ms a step) against
-#: 6.0 s compiling in place from the cache; RenyiELBO with 8 sequential particles (2,522
-#: nodes) 5.1 s against 3.5 s; BLR (474 nodes) 1.7 s against 2.4 s.
-LARGE_GRAPH = 1000
+#: graphs with more nodes than this compile in place when the cache already holds them
+#: (loading a cached graph blocks the step: worth it only where the interim graph is
+#: slow). Measured (2,000 steps from constructing SVI, 2 cores, warm cache): the HMM
+#: K=4 T=100 (4,384 nodes) 12.1 s in place against 13.1 s with the interim graph (about
+#: 4 ms a step); RenyiELBO with 8 sequential particles (1,691 nodes, 1.2 ms a step
+#: interim) 5.4 s in place against 3.8 s; BLR (419 nodes) 2.4 s against 1.7 s. (The
+#: limit was 1,000 while the batched interim graph of the particles was 60% slower.)
+LARGE_GRAPH = 3000
 #: compile processes at once per step object; a new shape beyond that runs eagerly
 #: until one ends (a shape that changes on every call must not start a process each)
 MAX_PENDING = 2
