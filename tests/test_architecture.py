@@ -146,12 +146,13 @@ def _root(node: ast.AST) -> str:
 
 def private_reads(path: Path, own: set[str]) -> list[str]:
     """``module:line name`` of each private attribute or private infer key read in
-    ``path`` that the package does not define (so: Pyro's), torch's aside."""
+    ``path`` that the package does not define (so: Pyro's), torch's and ``os._exit``
+    (documented, underscore and all) aside."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
                 and not node.attr.startswith("__") and node.attr not in own
-                and _root(node) != "torch"):
+                and _root(node) not in ("torch", "os")):
             found.append(f"{path.name}:{node.lineno} .{node.attr}")
         key = None
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
