@@ -68,6 +68,9 @@ BENCHES = {
     "Trace_ELBO: blr N=1000 D=10": Bench(models.blr, "blr", "Trace_ELBO"),
     "Trace_ELBO: amortized MLP guide, batch 128": Bench(models.amortized_mlp,
                                                         "amortized_mlp", "Trace_ELBO"),
+    "Trace_ELBO: VAE-like B=128 D=50 H=64 Z=8": Bench(
+        models.amortized_mlp, "amortized_mlp", "Trace_ELBO",
+        build_kwargs={"batch": 128, "d": 50, "latent": 8, "hidden": 64}),
     "TraceEnum_ELBO: GMM K=3 N=500": Bench(models.gmm_enum, "gmm_enum", "TraceEnum_ELBO",
                                            {"max_plate_nesting": 1}),
     "TraceEnum_ELBO: HMM K=4 T=100": Bench(models.hmm_enum, "hmm_enum", "TraceEnum_ELBO",

@@ -171,17 +171,17 @@ def amortized_mlp_data(batch: int = 128, d: int = 10):
     return torch.randn(batch, d, generator=g)
 
 
-def mlp_encoder(d: int = 10, latent: int = 2):
-    """Linear(d, 32)-Tanh-Linear(32, 2 * latent), initialized from seed 0."""
+def mlp_encoder(d: int = 10, latent: int = 2, hidden: int = 32):
+    """Linear(d, hidden)-Tanh-Linear(hidden, 2 * latent), initialized from seed 0."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.Tanh(),
-                               torch.nn.Linear(32, 2 * latent))
+    return torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.Tanh(),
+                               torch.nn.Linear(hidden, 2 * latent))
 
 
-def amortized_mlp(batch: int = 128, d: int = 10, latent: int = 2):
+def amortized_mlp(batch: int = 128, d: int = 10, latent: int = 2, hidden: int = 32):
     """A VAE-style model: per-datum latents, an MLP encoder guide (``pyro.module``)."""
     data = amortized_mlp_data(batch, d)
-    encoder = mlp_encoder(d, latent)
+    encoder = mlp_encoder(d, latent, hidden)
 
     def model(data):
         weight = pyro.param("decoder_weight", 0.1 * torch.ones(latent, d))

@@ -46,11 +46,11 @@ def blr(n: int = 1000, d: int = 10):
     return blr_model, blr_guide, tuple(_jnp(t) for t in models.blr_data(n, d))
 
 
-def amortized_mlp(batch: int = 128, d: int = 10, latent: int = 2):
-    """The MLP encoder by hand: Linear(d, 32)-Tanh-Linear(32, 2 * latent) as
+def amortized_mlp(batch: int = 128, d: int = 10, latent: int = 2, hidden: int = 32):
+    """The MLP encoder by hand: Linear(d, hidden)-Tanh-Linear(hidden, 2 * latent) as
     ``numpyro.param`` weights, initialized with the torch encoder's initial weights."""
     data = _jnp(models.amortized_mlp_data(batch, d))
-    init = {k: _jnp(v) for k, v in models.mlp_encoder(d, latent).state_dict().items()}
+    init = {k: _jnp(v) for k, v in models.mlp_encoder(d, latent, hidden).state_dict().items()}
 
     def model(data):
         weight = numpyro.param("decoder_weight", 0.1 * jnp.ones((latent, d)))
