@@ -402,10 +402,10 @@ def batch_siblings(graph: torch.fx.Graph, unsafe: set) -> int:
     steps) and moves nothing but the members' pure inputs. A set is left alone when
     its op cannot be placed so. Returns the sets batched."""
     batched: dict[torch.fx.Node, tuple[torch.fx.Node, int]] = {}  # getitem -> (stack, j)
-    done, pinned = 0, _pinned(graph)
+    done, pinned, ancestry = 0, _pinned(graph), _Ancestry(graph)
     original = set(graph.nodes)  # what the passes group (a batched op is not batched again)
     for structural in (True, False):
-        done += _batch_pass(graph, unsafe, pinned, original, batched, structural)
+        done += _batch_pass(graph, unsafe, pinned, original, batched, structural, ancestry)
     if done:
         _stacks_of_whole_rows(graph, batched)
         _sums_of_whole_rows(graph, batched)
@@ -530,7 +530,7 @@ def _arg_hash(arg, hashes: dict):
 
 
 def _batch_pass(graph: torch.fx.Graph, unsafe: set, pinned: set, original: set,
-                batched: dict, structural: bool) -> int:
+                batched: dict, structural: bool, ancestry: _Ancestry) -> int:
     """One pass of :func:`batch_siblings`: siblings grouped by what they compute
     (``structural``, :func:`_structure_hashes`) or by their op and shapes only."""
     hashes = _structure_hashes(graph) if structural else None
@@ -541,62 +541,92 @@ def _batch_pass(graph: torch.fx.Graph, unsafe: set, pinned: set, original: set,
             if key is not None:
                 groups.setdefault((key, hashes[node]) if structural else key,
                                   []).append(node)
-    done, ancestors = 0, None
+    done, order = 0, None
     for members in groups.values():  # in graph order of their first member
         while len(members) >= MIN_SIBLINGS:
-            if ancestors is None:
-                ancestors = _ancestor_masks(graph)
-            chosen, members = _independent(members, ancestors)
-            if len(chosen) < MIN_SIBLINGS or not _batch_group(
-                    graph, _in_stacked_order(chosen, batched), batched, unsafe, pinned,
-                    structural):
+            order = order or {n: i for i, n in enumerate(graph.nodes)}
+            chosen, members = _independent(members, ancestry, order)
+            if len(chosen) < MIN_SIBLINGS:
                 continue
-            done, ancestors = done + 1, None
+            chosen = _in_stacked_order(chosen, batched)
+            member_bits = ancestry.bits(chosen)
+            stacked = _batch_group(graph, chosen, batched, unsafe, pinned, order, structural)
+            order = None  # nodes may have moved, even where the group was left alone
+            if stacked is not None:
+                ancestry.merged(member_bits, stacked)
+                done += 1
     return done
 
 
-def _ancestor_masks(graph: torch.fx.Graph) -> dict:
-    """Each node's ancestors as bits of an int (bit i: the i-th node)."""
-    masks: dict[torch.fx.Node, int] = {}
-    for i, node in enumerate(graph.nodes):
-        mask = 0
-        for a in node.all_input_nodes:
-            mask |= masks[a]
-        masks[node] = mask | (1 << i)
-    return masks
+class _Ancestry:
+    """Each node's ancestors as the bits of an int (a node's bit: its id, given in the
+    order nodes are first seen), kept true as groups batch, so that checking a group's
+    independence costs no walk of the graph. Measured against recomputing every mask
+    after each batched group (124 times on RenyiELBO's 8 particles): :func:`fewer_ops`
+    took 0.23 against 0.34 s on that graph (1,716 nodes), 0.43 against 0.54 s on the
+    enumerated HMM's (4,384); same output."""
+
+    def __init__(self, graph: torch.fx.Graph) -> None:
+        self.ids: dict[torch.fx.Node, int] = {}
+        self.masks: dict[torch.fx.Node, int] = {}
+        for node in graph.nodes:  # inputs first: no recursion
+            self.mask(node)
+
+    def mask(self, node: torch.fx.Node) -> int:
+        """``node``'s ancestors and itself (a node added since: from its inputs)."""
+        mask = self.masks.get(node)
+        if mask is None:
+            mask = 1 << self.ids.setdefault(node, len(self.ids))
+            for a in node.all_input_nodes:
+                mask |= self.mask(a)
+            self.masks[node] = mask
+        return mask
+
+    def bits(self, nodes: list) -> int:
+        return sum(1 << self.ids[n] for n in nodes)
+
+    def merged(self, member_bits: int, stacked: torch.fx.Node) -> None:
+        """The members (``member_bits``) now run as ``stacked``: whatever read one of
+        them now descends from every input of the stacked op."""
+        grown = self.mask(stacked) | member_bits
+        for node, mask in self.masks.items():
+            if mask & member_bits:
+                self.masks[node] = mask | grown
 
 
-def _independent(members: list, ancestors: dict) -> tuple[list, list]:
+def _independent(members: list, ancestry: _Ancestry, order: dict) -> tuple[list, list]:
     """``(a set of members none of which reads another, the rest)``, greedily in
     graph order."""
     chosen, rest, taken = [], [], 0
-    for m in sorted(members, key=lambda m: ancestors[m].bit_length()):  # graph order now
-        if ancestors[m] & taken:
+    for m in sorted(members, key=order.__getitem__):
+        if ancestry.mask(m) & taken:
             rest.append(m)
         else:
             chosen.append(m)
-            taken |= 1 << (ancestors[m].bit_length() - 1)  # its own bit: the highest
+            taken |= 1 << ancestry.ids[m]
     return chosen, rest
 
 
 def _batch_group(graph: torch.fx.Graph, members: list, batched: dict, unsafe: set,
-                 pinned: set, may_sink: bool = True) -> bool:
-    order = {n: i for i, n in enumerate(graph.nodes)}
+                 pinned: set, order: dict, may_sink: bool = True) -> torch.fx.Node | None:
+    """Run ``members`` as one op on their stacked arguments (``order``: each node's
+    position now). Returns the stacked op, or None (nothing changed) where it cannot
+    be placed."""
     readers = sorted({u for m in members for u in m.users}, key=order.__getitem__)
     sink: list[torch.fx.Node] = []
     if readers and not _hoist_inputs(members, readers[0], order, unsafe):
         sink = _readers_to_sink(members, order, pinned) if may_sink else []
         if not sink:
-            return False
+            return None
     order = {n: i for i, n in enumerate(graph.nodes)}
     last_input = max((order[a] for m in members for a in m.all_input_nodes), default=-1)
     if last_input < 0:
-        return False
+        return None
     first = min(order[m] for m in members)
     if any(m in unsafe for m in members) and _writes_between(
             order, first, max(last_input, *(order[m] for m in members))) & {
             _storage_root(a) for m in members for a in m.all_input_nodes}:
-        return False  # a member reads storage written between its place and the new one
+        return None  # a member reads storage written between its place and the new one
     out = _val(members[0])
     reduced = _sum_dims(members[0]) if members[0].target in _SUMS else None
     k, ndim = len(members), out.dim() if reduced is None else _val(members[0].args[0]).dim()
@@ -642,7 +672,7 @@ def _batch_group(graph: torch.fx.Graph, members: list, batched: dict, unsafe: se
     for node in sink:  # in their order, after the new nodes
         cursor.append(node)
         cursor = node
-    return True
+    return stacked
 
 
 def _gather_rows(graph: torch.fx.Graph, sources: list, batched: dict, add: Callable,
