@@ -610,8 +610,8 @@ def _independent(members: list, ancestry: _Ancestry, order: dict) -> tuple[list,
 def _batch_group(graph: torch.fx.Graph, members: list, batched: dict, unsafe: set,
                  pinned: set, order: dict, may_sink: bool = True) -> torch.fx.Node | None:
     """Run ``members`` as one op on their stacked arguments (``order``: each node's
-    position now). Returns the stacked op, or None (nothing changed) where it cannot
-    be placed."""
+    position now). Returns the stacked op, or None where it cannot be placed (no node
+    added, though the members' pure inputs may have been hoisted)."""
     readers = sorted({u for m in members for u in m.users}, key=order.__getitem__)
     sink: list[torch.fx.Node] = []
     if readers and not _hoist_inputs(members, readers[0], order, unsafe):
