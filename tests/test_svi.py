@@ -1,5 +1,6 @@
 """SVI: convergence, parity of whole runs with Pyro's SVI, custom losses, TracePosterior."""
 
+import copy
 import math
 
 import pyro
@@ -75,27 +76,64 @@ def test_svi_run_matches_pyro_svi(case, optim):
     assert_same_run(ours, theirs)
 
 
+def _params_after(svi_cls, elbo, run) -> dict:
+    """The param store after ``run(optim, steps)`` on the "plate" case, where
+    ``steps(n)`` takes ``n`` SVI steps with Adam(lr=0.05)."""
+    (case,) = pick("plate")
+    pyro.clear_param_store()
+    model, guide, args = case.build()
+    pyro.set_rng_seed(0)
+    optim = pyro.optim.Adam({"lr": 0.05})
+    svi = svi_cls(model, guide, optim, elbo)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            svi.step(*args)
+
+    run(optim, steps)
+    return _snapshot()
+
+
+def _snapshot() -> dict:
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
 def test_hand_edited_learning_rates_are_honoured():
     """Setting lr on the per-param optimizers (manual decay) takes effect at once."""
-    (case,) = pick("plate")
-    results = []
-    for svi_cls, elbo in ((SVI, Trace_ELBO()), (pyro.infer.SVI, pyro.infer.Trace_ELBO())):
-        pyro.clear_param_store()
-        model, guide, args = case.build()
-        pyro.set_rng_seed(0)
-        optim = pyro.optim.Adam({"lr": 0.05})
-        svi = svi_cls(model, guide, optim, elbo)
-        for _ in range(3):
-            svi.step(*args)
+    frozen = {}
+
+    def run(optim, steps):
+        steps(3)
         for opt in optim.optim_objs.values():
             opt.param_groups[0]["lr"] = 0.0
-        frozen = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-        for _ in range(3):
-            svi.step(*args)
-        results.append(frozen)
-        for k, v in pyro.get_param_store().items():
-            torch.testing.assert_close(v.detach(), frozen[k], rtol=0, atol=0)
-    assert results[0].keys() == results[1].keys()
+        frozen.update(_snapshot())
+        steps(3)
+
+    for svi_cls, elbo in ((SVI, Trace_ELBO()), (pyro.infer.SVI, pyro.infer.Trace_ELBO())):
+        after = _params_after(svi_cls, elbo, run)
+        assert after.keys() == frozen.keys()
+        for k, v in after.items():
+            torch.testing.assert_close(v, frozen[k], rtol=0, atol=0)
+
+
+def test_an_optimizer_state_loaded_by_hand_mid_run_is_used_from_the_next_step():
+    """Rewinding each per-param optimizer to a saved ``state_dict`` (a checkpoint) takes
+    effect at once, as in Pyro: the next steps read the loaded moments, not the ones
+    the fused step kept from before."""
+
+    def run(optim, steps):
+        steps(3)
+        saved = {p: copy.deepcopy(o.state_dict()) for p, o in optim.optim_objs.items()}
+        steps(3)
+        for p, o in optim.optim_objs.items():
+            o.load_state_dict(saved[p])
+        steps(3)
+
+    ours = _params_after(SVI, Trace_ELBO(), run)
+    theirs = _params_after(pyro.infer.SVI, pyro.infer.Trace_ELBO(), run)
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-6, atol=1e-7)
 
 
 def test_an_overridden_loss_and_grads_is_called():

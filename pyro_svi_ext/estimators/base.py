@@ -173,6 +173,8 @@ class ELBO(PyroHooks, Estimator):
             return Estimate(elbo / self.num_particles)
         total = sum(map(self.particle_surrogate, pairs[1:]),
                     self.particle_surrogate(pairs[0]))
+        if len(pairs) == 1 and self.num_particles == 1:  # no division op to record
+            return Estimate(elbo, total)
         return Estimate(elbo / self.num_particles, total / self.num_particles)
 
     def _ensure_plate_nesting(self, model: Callable, guide: Callable, args: tuple,

@@ -10,6 +10,7 @@ from pyro_svi_ext.kernels import (
     is_identically_zero,
     score_function_surrogate,
     sum_out_dims,
+    sum_terms,
 )
 from pyro_svi_ext.trace import TracePair
 
@@ -59,11 +60,11 @@ class Trace_ELBO(ELBO):
     _honours_pyro_hooks = True
 
     def particle_surrogate(self, pair: TracePair) -> torch.Tensor:
-        surrogate = sum(s.log_prob_sum for s in pair.model.values())
+        surrogate = sum_terms([s.log_prob_sum for s in pair.model.values()])
         groups = None
         for site in pair.guide.values():
             if not is_identically_zero(site.entropy_term):
-                surrogate = surrogate - site.entropy_term.sum()
+                surrogate = surrogate - site.entropy_sum
             if not site.reparameterized:
                 if groups is None:
                     groups = log_ratio_by_plates(pair)

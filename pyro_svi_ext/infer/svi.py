@@ -129,12 +129,12 @@ class SVI(TracePosterior):
     def _step(self, args: tuple, kwargs: dict, whole: bool) -> float:
         policy = self.nonfinite or ("raise" if is_validation_enabled() else "skip")
         try:
-            with warnings.catch_warnings():
-                if policy != "raise":  # the policy says it once, below
+            if policy == "raise":
+                value = self._loss_and_update(args, kwargs, whole)
+            else:
+                with warnings.catch_warnings():  # the policy says it once, below
                     warnings.simplefilter("ignore", NonFiniteLossWarning)
-                value = self._stepper.whole_step(self.optim, args, kwargs) if whole else None
-                if value is None:
-                    value = self._eager_step(args, kwargs)
+                    value = self._loss_and_update(args, kwargs, whole)
         except NonFiniteLossError as err:
             if policy == "raise":
                 raise
@@ -149,6 +149,10 @@ class SVI(TracePosterior):
         if policy == "stop":
             self.stop_reason = f"non-finite loss {value}"
         return value
+
+    def _loss_and_update(self, args: tuple, kwargs: dict, whole: bool) -> float | tuple:
+        value = self._stepper.whole_step(self.optim, args, kwargs) if whole else None
+        return self._eager_step(args, kwargs) if value is None else value
 
     def _eager_step(self, args: tuple, kwargs: dict) -> float:
         """Loss and gradients (eager or a compiled graph), then the optimizer's step

@@ -12,6 +12,7 @@ from pyro_svi_ext.kernels.elbo_terms import (
     score_function_surrogate,
     sum_dims,
     sum_out_dims,
+    sum_terms,
 )
 from pyro_svi_ext.kernels.weights import (
     effective_sample_size,
@@ -35,5 +36,6 @@ __all__ = [
     "score_function_surrogate",
     "sum_dims",
     "sum_out_dims",
+    "sum_terms",
     "waic",
 ]

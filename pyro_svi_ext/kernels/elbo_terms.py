@@ -80,3 +80,14 @@ def float64_total(terms: Sequence[torch.Tensor]) -> torch.Tensor:
             return torch.stack(terms).sum(dtype=torch.float64)
         except RuntimeError:  # mixed dtypes or devices: convert one by one
             return torch.stack([t.to(torch.float64) for t in terms]).sum()
+
+
+def sum_terms(terms: Sequence[torch.Tensor | float]) -> torch.Tensor | float:
+    """``terms[0] + terms[1] + ...`` (the number ``0`` when empty), without the extra
+    ``0 + terms[0]`` op that Python's ``sum`` records in the autograd graph."""
+    if not terms:
+        return 0
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total

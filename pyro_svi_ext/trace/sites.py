@@ -48,6 +48,14 @@ class Site:
         return frozenset(f for f in self.frames if f.dim is not None)
 
     @property
+    def entropy_sum(self) -> Any:
+        """``entropy_term.sum()`` (a scalar), or ``log_prob_sum`` itself when the two terms
+        are one tensor (a reparameterized guide site)."""
+        if self.entropy_term is self.log_prob and self.log_prob_sum is not None:
+            return self.log_prob_sum
+        return self.entropy_term.sum()
+
+    @property
     def reparameterized(self) -> bool:
         """False when the site needs a score-function (REINFORCE) term."""
         return is_identically_zero(self.score_function)
@@ -115,5 +123,8 @@ def compute_score_parts(sites: dict[str, Site], role: str = "guide") -> None:
             _raise_for_site(site, role, err)
         site.log_prob = scale_and_mask(log_p, site.scale, site.mask)
         site.log_prob_sum = site.log_prob.sum()
-        site.entropy_term = scale_and_mask(entropy, site.scale, site.mask)
+        # a reparameterized site's entropy term is its log-prob: share the tensor (and
+        # its sum, see entropy_sum) instead of scaling and summing it a second time
+        site.entropy_term = (site.log_prob if entropy is log_p
+                             else scale_and_mask(entropy, site.scale, site.mask))
         site.score_function = score
