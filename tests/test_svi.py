@@ -136,6 +136,27 @@ def test_an_optimizer_state_loaded_by_hand_mid_run_is_used_from_the_next_step():
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-6, atol=1e-7)
 
 
+def test_a_pyro_loss_that_reports_inf_by_design_trains_as_under_pyros_svi():
+    """Pyro's TraceTailAdaptive_ELBO returns ``inf`` as its loss (it computes only a
+    surrogate): under validation the plugin's SVI neither raises nor skips the update
+    for a loss that is not its own, so params move exactly as under Pyro's SVI."""
+    from pyro.infer.trace_tail_adaptive_elbo import TraceTailAdaptive_ELBO
+
+    model, guide, _, _ = conjugate_normal(torch.tensor([0.9, 1.4, 1.1]))
+    finals = []
+    for svi_cls in (SVI, pyro.infer.SVI):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        elbo = TraceTailAdaptive_ELBO(vectorize_particles=True, num_particles=4)
+        svi = svi_cls(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+        losses = [svi.step(torch.tensor([0.9, 1.4, 1.1])) for _ in range(3)]
+        assert losses == [math.inf] * 3
+        finals.append(_snapshot())
+    assert finals[0]["loc"] != 0.0
+    for k in finals[1]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-6, atol=1e-7)
+
+
 def test_an_overridden_loss_and_grads_is_called():
     calls = []
 

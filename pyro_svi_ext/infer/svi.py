@@ -53,7 +53,11 @@ class SVI(TracePosterior):
         (no update, a :class:`~pyro_svi_ext.errors.NonFiniteLossWarning`) or ``"stop"``
         (as ``"skip"``, and :meth:`fit` ends). Default: ``"raise"`` under pyro validation,
         ``"skip"`` without (Pyro applies the non-finite update; eager and compiled steps
-        behave alike here under every policy). Keyword-only.
+        behave alike here under every policy). Keyword-only. A loss that is not this
+        package's (a callable, or a class of ``pyro.infer`` such as
+        ``TraceTailAdaptive_ELBO``, whose loss is ``inf`` by design) gets Pyro's
+        behaviour unless ``nonfinite`` is given: its value is returned and the update
+        applied.
 
     :meth:`step` is transactional: if the model, guide or loss raises (including
     :class:`~pyro_svi_ext.errors.NonFiniteLossError` under pyro validation), params
@@ -127,6 +131,8 @@ class SVI(TracePosterior):
         return self._step(args, kwargs, whole=self._stepper is not None)
 
     def _step(self, args: tuple, kwargs: dict, whole: bool) -> float:
+        if self.nonfinite is None and not isinstance(self.loss_fn, ELBO):
+            return self._eager_step(args, kwargs, always_update=True)  # as Pyro's SVI
         policy = self.nonfinite or ("raise" if is_validation_enabled() else "skip")
         try:
             if policy == "raise":
@@ -154,9 +160,9 @@ class SVI(TracePosterior):
         value = self._stepper.whole_step(self.optim, args, kwargs) if whole else None
         return self._eager_step(args, kwargs) if value is None else value
 
-    def _eager_step(self, args: tuple, kwargs: dict) -> float:
+    def _eager_step(self, args: tuple, kwargs: dict, always_update: bool = False) -> float:
         """Loss and gradients (eager or a compiled graph), then the optimizer's step
-        (none when the loss is not finite)."""
+        (none when the loss is not finite, unless ``always_update``)."""
         store = pyro.get_param_store()
         names_before = set(store.keys())
         try:
@@ -170,7 +176,7 @@ class SVI(TracePosterior):
                 del store[name]
             raise
         try:
-            if isinstance(value, tuple) or math.isfinite(value):
+            if always_update or isinstance(value, tuple) or math.isfinite(value):
                 self._optim_step(tensors)
         finally:
             grads = [p.grad for p in tensors if p.grad is not None]
