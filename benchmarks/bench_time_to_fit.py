@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 MODELS = {  # label: (models.py builder, estimator, kwargs)
     "BLR N=1000 D=10": ("blr", "Trace_ELBO", {}),
     "amortized MLP guide, batch 128": ("amortized_mlp", "Trace_ELBO", {}),
+    "VAE-like B=128 D=50 H=64 Z=8": ("amortized_mlp", "Trace_ELBO", {},
+                                     {"batch": 128, "d": 50, "latent": 8, "hidden": 64}),
     "GMM K=3 N=500, enumerated": ("gmm_enum", "TraceEnum_ELBO", {"max_plate_nesting": 1}),
     "HMM K=4 T=100, enumerated": ("hmm_enum", "TraceEnum_ELBO", {"max_plate_nesting": 0}),
     "TraceGraph non-reparam, plate N=200": ("nonreparam_tracegraph", "TraceGraph_ELBO", {}),

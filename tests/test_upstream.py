@@ -1,5 +1,7 @@
 """Pyro's own programs on the plugin (slow tier): Pyro's example scripts and Pyro's own
-test files, run once with Pyro's classes and once under the drop-in switch.
+test files, run once with Pyro's classes and once under the drop-in switch (examples
+and a set of test files also under the switch with compiled steps,
+``install(compile=True)``).
 
 Needs a Pyro checkout (its ``examples/`` and ``tests/``), which this project does not
 ship: ``PYRO_SOURCE=/path/to/pyro pytest -m slow tests/test_upstream.py``. Skipped, with
@@ -71,6 +73,16 @@ SEED_SENSITIVE = {
 }
 
 
+#: Pyro's test files also run under ``--pyro-svi-ext-compile`` (eager names bound to the
+#: compiled steps): every test there must pass where it passes with Pyro's classes
+COMPILE_TEST_FILES = [
+    "tests/infer/test_valid_models.py",
+    "tests/infer/test_gradient.py",
+    "tests/infer/test_multi_sample_elbos.py",
+    "tests/optim/test_optim.py",
+]
+
+
 def _version() -> str:
     text = (Path(SOURCE) / "pyro" / "__init__.py").read_text()
     return re.search(r'version_prefix = "([^"]+)"', text).group(1)
@@ -84,9 +96,11 @@ def _numbers(text: str, pattern: str) -> list[float]:
     return found
 
 
-def _run_example(example: str, dropin: bool) -> str:
+def _run_example(example: str, switch: str | None) -> str:
+    """Output of one example run; ``switch``: None (Pyro's classes), ``"--dropin"`` or
+    ``"--compile"``."""
     script, *args = example.split()
-    command = [sys.executable, str(RUNNER), *(["--dropin"] if dropin else []),
+    command = [sys.executable, str(RUNNER), *([switch] if switch else []),
                "--version", _version(), "--seed", "0", script, *args]
     proc = subprocess.run(command, cwd=Path(SOURCE) / "examples", capture_output=True,
                           text=True, timeout=900)
@@ -94,31 +108,42 @@ def _run_example(example: str, dropin: bool) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("switch", ["--dropin", "--compile"])
 @pytest.mark.parametrize("example,pattern", EXAMPLES, ids=[e for e, _ in EXAMPLES])
-def test_pyros_example_gets_pyros_numbers_on_the_plugin(example, pattern):
-    theirs = _numbers(_run_example(example, dropin=False), pattern)
-    ours = _numbers(_run_example(example, dropin=True), pattern)
+def test_pyros_example_gets_pyros_numbers_on_the_plugin(example, pattern, switch):
+    theirs = _numbers(_run_example(example, None), pattern)
+    ours = _numbers(_run_example(example, switch), pattern)
     assert theirs, "the pattern found no number in Pyro's output"
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs, strict=True):
         assert a == pytest.approx(b, rel=1e-3, abs=1e-5), (ours, theirs)
 
 
-def _failures(checkout: Path, path: str, dropin: bool) -> set[str]:
+def _failures(checkout: Path, path: str, switch: str | None) -> set[str]:
     command = [sys.executable, "-m", "pytest", path, "-q", "-rf", "-p", "no:cacheprovider",
-               *(["--pyro-svi-ext"] if dropin else [])]
+               *([switch] if switch else [])]
     proc = subprocess.run(command, cwd=checkout, capture_output=True, text=True,
                           timeout=3000)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     return {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")}
 
 
-@pytest.mark.parametrize("path", TEST_FILES)
-def test_pyros_test_file_passes_on_the_plugin_where_it_passes_on_pyro(path, tmp_path):
-    # Pyro's tests and their config, without its sources (they would shadow the
-    # installed pyro-ppl)
+def _pyros_tests(tmp_path: Path) -> Path:
+    """Pyro's tests and their config, without its sources (they would shadow the
+    installed pyro-ppl)."""
     shutil.copytree(Path(SOURCE) / "tests", tmp_path / "tests")
     shutil.copy(Path(SOURCE) / "setup.cfg", tmp_path / "setup.cfg")
-    theirs = _failures(tmp_path, path, dropin=False)
-    ours = _failures(tmp_path, path, dropin=True)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "path,switch",
+    [(p, "--pyro-svi-ext") for p in TEST_FILES]
+    + [(p, "--pyro-svi-ext-compile") for p in COMPILE_TEST_FILES],
+)
+def test_pyros_test_file_passes_on_the_plugin_where_it_passes_on_pyro(path, switch,
+                                                                     tmp_path):
+    checkout = _pyros_tests(tmp_path)
+    theirs = _failures(checkout, path, None)
+    ours = _failures(checkout, path, switch)
     assert ours - SEED_SENSITIVE <= theirs, sorted(ours - theirs)

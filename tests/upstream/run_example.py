@@ -1,6 +1,9 @@
 """Run one of Pyro's example scripts, with Pyro's classes or under the drop-in switch.
 
-``python run_example.py [--dropin] [--version V] [--seed S] SCRIPT [ARGS...]``
+``python run_example.py [--dropin | --compile] [--version V] [--seed S] SCRIPT [ARGS...]``
+
+``--compile`` is the drop-in switch with Pyro's eager ELBO names bound to compiled
+steps (``install(compile=True)``).
 
 Pyro's examples assert the Pyro version of the checkout they come from
 (``assert pyro.__version__.startswith(...)``); ``--version`` reports that version to
@@ -16,8 +19,9 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> None:
-    dropin = "--dropin" in argv
-    argv = [a for a in argv if a != "--dropin"]
+    dropin = "--dropin" in argv or "--compile" in argv
+    compile_steps = "--compile" in argv
+    argv = [a for a in argv if a not in ("--dropin", "--compile")]
     version = seed = None
     while argv[:1] in (["--version"], ["--seed"]):
         if argv[0] == "--version":
@@ -35,7 +39,7 @@ def main(argv: list[str]) -> None:
     if dropin:
         import pyro_svi_ext
 
-        pyro_svi_ext.install()
+        pyro_svi_ext.install(compile=compile_steps)
     sys.argv = [script, *args]
     sys.path.insert(0, str(Path(script).resolve().parent))
     runpy.run_path(script, run_name="__main__")
