@@ -7,16 +7,20 @@ rounds so machine noise hits both alike; the figure that matters is the ratio
 (Pyro's time per step / ours), reported as the median over rounds. Writes a
 Markdown table and JSON to ``--out`` (default ``benchmarks/results``).
 
-For the Trace_ELBO rows it also times a *floor*: the same model and guide run under a
+For the rows in ``FLOOR`` it also times a *floor*: the same model and guide run under a
 bare recording messenger (no checks, no bookkeeping), the log-prob sums, ``backward``
 and one ``foreach`` Adam step. Every implementation over Pyro's trace layer pays at
-least that, so Pyro / floor is the most any of them could gain on that model.
+least that, so Pyro / floor is the most any of them could gain on that model. The
+RenyiELBO floor runs its particles one after another, as the estimator does; the GMM's
+floor enumerates the model's one discrete site (``poutine.enum``) and sums it out with
+one ``logsumexp``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -26,6 +30,7 @@ from pathlib import Path
 import pyro
 import pyro.infer
 import pyro.optim
+import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 
@@ -55,8 +60,15 @@ IMPLS = {
 }
 
 
-#: estimators whose rows also time the floor (a reparameterized-guide Monte Carlo ELBO)
-FLOOR_ESTIMATORS = ("Trace_ELBO",)
+#: rows that also time the floor: label -> how it combines the log-prob terms
+FLOOR = {
+    "Trace_ELBO: blr N=1000 D=10 (hand guide)": "trace",
+    "Trace_ELBO: blr N=1000 D=10 (AutoNormal)": "trace",
+    "Trace_ELBO: 20 latent sites": "trace",
+    "TraceEnum_ELBO: GMM K=3 N=500": "enum",
+    "RenyiELBO (8 particles): blr N=1000 D=10": "renyi",
+}
+RENYI_ALPHA = 0.0  # pyro_svi_ext's and Pyro's default
 
 
 class _BareRecorder(Messenger):
@@ -76,22 +88,41 @@ class _BareRecorder(Messenger):
             self.sites[msg["name"]] = (msg["fn"], msg["value"])
 
 
-def floor_step(model, guide, args):
+def _log_joint_minus_log_q(model, guide, args, enum: bool):
+    """``log p(x, z) - log q(z)`` for one draw of the guide (the enumerated site summed
+    out with ``logsumexp`` over the dims left of the one plate when ``enum``)."""
+    q = _BareRecorder()
+    with q:
+        guide(*args)
+    p = _BareRecorder({k: v for k, (_, v) in q.sites.items()})
+    run = poutine.enum(model, first_available_dim=-2) if enum else model
+    with p:
+        run(*args)
+    log_q = sum(fn.log_prob(v).sum() for fn, v in q.sites.values())
+    if not enum:
+        return sum(fn.log_prob(v).sum() for fn, v in p.sites.values()) - log_q
+    terms = [fn.log_prob(v) for fn, v in p.sites.values()]
+    flat = [t.sum() for t in terms if t.dim() < 2]
+    joint = sum(t for t in terms if t.dim() >= 2)
+    return sum(flat) + joint.logsumexp(0).sum() - log_q
+
+
+def floor_step(model, guide, args, kind: str = "trace", num_particles: int = 8):
     """One step of the floor: guide and model (replayed) under :class:`_BareRecorder`,
-    ``sum log q - sum log p``, ``backward``, a foreach Adam step (lr 0.01)."""
+    the loss from the log-prob terms (``kind``: "trace", "enum" or "renyi", the latter
+    over ``num_particles`` draws), ``backward``, a foreach Adam step (lr 0.01)."""
     guide(*args)  # creates the params
     params = [p.unconstrained() for p in pyro.get_param_store().values()]
     adam = torch.optim.Adam(params, lr=0.01, foreach=True)
 
     def step():
-        q = _BareRecorder()
-        with q:
-            guide(*args)
-        p = _BareRecorder({k: v for k, (_, v) in q.sites.items()})
-        with p:
-            model(*args)
-        loss = (sum(fn.log_prob(v).sum() for fn, v in q.sites.values())
-                - sum(fn.log_prob(v).sum() for fn, v in p.sites.values()))
+        if kind == "renyi":
+            w = torch.stack([_log_joint_minus_log_q(model, guide, args, False)
+                             for _ in range(num_particles)])
+            a = 1.0 - RENYI_ALPHA
+            loss = -(torch.logsumexp(a * w, 0) - math.log(num_particles)) / a
+        else:
+            loss = -_log_joint_minus_log_q(model, guide, args, kind == "enum")
         adam.zero_grad()
         loss.backward()
         adam.step()
@@ -99,12 +130,13 @@ def floor_step(model, guide, args):
     return step
 
 
-def time_steps(impl: str, build, estimator: str, steps: int) -> float:
-    """Seconds per SVI step (after 20 warm-up steps)."""
+def time_steps(impl: str, build, estimator: str, steps: int, floor_kind: str = "trace") -> float:
+    """Seconds per SVI step (after 20 warm-up steps); ``floor_kind`` for ``impl="floor"``."""
     if impl == "floor":
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        step = floor_step(*build())
+        step = floor_step(*build(), kind=floor_kind,
+                          num_particles=ELBO_KWARGS.get(estimator, {}).get("num_particles", 1))
         for _ in range(20):
             step()
         start = time.perf_counter()
@@ -131,10 +163,11 @@ def run(steps: int, rounds: int, only: str = "") -> list[dict]:
     for label, (build, estimator) in BENCHES.items():
         if only not in label:
             continue
-        impls = [*IMPLS, *(["floor"] if estimator in FLOOR_ESTIMATORS else [])]
+        impls = [*IMPLS, *(["floor"] if label in FLOOR else [])]
         ratios, per_impl = [], {k: [] for k in impls}
         for _ in range(rounds):
-            t = {impl: time_steps(impl, build, estimator, steps) for impl in impls}
+            t = {impl: time_steps(impl, build, estimator, steps, FLOOR.get(label, "trace"))
+                 for impl in impls}
             for impl, v in t.items():
                 per_impl[impl].append(v)
             ratios.append(t["pyro"] / t["pyro_svi_ext"])

@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from pyro_svi_ext.estimators.base import ELBO, INF
-from pyro_svi_ext.kernels import is_identically_zero, renyi_weights, sum_dims
+from pyro_svi_ext.kernels import is_identically_zero, renyi_weights, sum_dims, sum_terms
 from pyro_svi_ext.protocol import Estimate
 from pyro_svi_ext.trace import Site, TracePair
 
@@ -71,31 +71,34 @@ class RenyiELBO(ELBO):
                 "subsample the data; run on the full data set or use Trace_ELBO")
 
     def _particle_terms(self, pair: TracePair, with_surrogate: bool):
-        """``(elbo, surrogate)`` of one particle, kept per element of the common plates."""
+        """``(elbo, surrogate)`` of one particle, kept per element of the common plates.
+
+        ``elbo = log p - log q`` is the detached copy of one graph, and with a fully
+        reparameterized guide the surrogate is that graph itself (no per-site detach or
+        second sum: fewer nodes for every particle's backward)."""
         dims = dependent_plate_dims(list(pair.model.values()))
-        elbo, surrogate = 0, 0
-        for site in pair.model.values():
-            term = sum_dims(site.log_prob, dims)
-            elbo = elbo + term.detach()
-            if with_surrogate:
-                surrogate = surrogate + term
-        coef = self.alpha / (1.0 - self.alpha)
+        log_p = sum_terms([sum_dims(s.log_prob, dims) for s in pair.model.values()])
+        path, score, neither = [], [], []
         for site in pair.guide.values():
             term = sum_dims(site.log_prob, dims)
-            elbo = elbo - term.detach()
-            if not with_surrogate:
-                continue
             has_path = not is_identically_zero(site.entropy_term)
             has_score = not is_identically_zero(site.score_function)
-            if has_path and has_score:
+            if with_surrogate and has_score and has_path:
                 raise NotImplementedError(
                     f"guide site {site.name!r}: RenyiELBO cannot handle a distribution with "
                     "both pathwise and score-function gradient parts")
-            if has_path:
-                surrogate = surrogate - term
-            if has_score:
-                surrogate = surrogate + coef * term
-        return elbo, surrogate
+            (score if has_score else path if has_path else neither).append(term)
+        log_w = _difference(log_p, sum_terms(path + score + neither))
+        elbo = log_w.detach() if torch.is_tensor(log_w) else log_w
+        if not with_surrogate:
+            return elbo, 0
+        if not score and not neither:
+            return elbo, log_w
+        if not score:
+            return elbo, _difference(log_p, sum_terms(path))
+        coef = self.alpha / (1.0 - self.alpha)
+        surrogate = _difference(log_p, sum_terms(path)) if path else log_p
+        return elbo, surrogate + coef * sum_terms(score)
 
     def _stacked(self, pairs: list[TracePair], with_surrogate: bool):
         self._check_full_data(pairs)
@@ -123,3 +126,10 @@ class RenyiELBO(ELBO):
             return Estimate(bound.sum(), None if not surrogate else 0.0)
         weights = weights.to(surrogates.dtype)
         return Estimate(bound.sum(), (weights * surrogates).sum() / self.num_particles)
+
+
+def _difference(a, b):
+    """``a - b`` where either may be the number ``0`` (no sites)."""
+    if is_identically_zero(b):
+        return a
+    return -b if is_identically_zero(a) else a - b

@@ -98,8 +98,8 @@ class TraceEnum_ELBO(ELBO):
                         Factor(f.tensor * factors.scale, f.dims)
                     costs.setdefault(t, []).append(scaled)
         for site in pair.guide.values():
-            costs.setdefault(ordinal(site), []).append(
-                Factor(-packed(site, site.log_prob).tensor, packed(site, site.log_prob).dims))
+            log_q = packed(site, site.log_prob)
+            costs.setdefault(ordinal(site), []).append(Factor(-log_q.tensor, log_q.dims))
         log_probs, log_denoms = guide_dice_factors(pair)
         return expected_cost(costs, log_probs, log_denoms)
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from pyro_svi_ext.kernels.elbo_terms import sum_terms
 from pyro_svi_ext.kernels.sumproduct import Factor, align, sumproduct, union_dims
 
 #: keys x summed labels from which one adjoint pass beats one elimination per key.
@@ -72,25 +73,26 @@ def expected_cost(costs: dict, log_probs: dict, log_denoms: dict):
     (log-probabilities of enumerated variables, unit-valued score factors of sampled
     ones); ``log_denoms``: ``{ordinal: float}`` of sequential enumeration. A cost at
     ordinal ``t`` (a frozenset of plate labels) is weighted by the probability of its
-    labels under the factors at ordinals ``<= t`` (:func:`marginals`)."""
-    total = 0.0
+    labels under the factors at ordinals ``<= t`` (:func:`marginals`). Terms are added
+    without a leading ``0 +`` and scaled only where a sequential denominator applies
+    (each op saved is a node less in every backward pass)."""
+    terms = []
     for t, cost_factors in costs.items():
         denom = sum(v for o, v in log_denoms.items() if not o <= t)
-        scale = math.exp(-denom)
         upstream = [f for o, fs in log_probs.items() if o <= t for f in fs]
         if not upstream:
+            term = sum_terms([cost.tensor.sum() for cost in cost_factors])
+        else:
+            keys: dict = {}
             for cost in cost_factors:
-                total = total + scale * cost.tensor.sum()
-            continue
-        keys: dict = {}
-        for cost in cost_factors:
-            keys.setdefault(frozenset(cost.dims), cost.dims)
-        probs = marginals(upstream, keys, t)
-        for cost in cost_factors:
-            prob = probs[frozenset(cost.dims)]
-            p = align(prob, cost.dims)
-            c = align(cost, cost.dims)
-            p, c = torch.broadcast_tensors(p, c)
-            c = torch.where(p > 0, c, torch.zeros((), dtype=c.dtype, device=c.device))
-            total = total + scale * (p * c).sum()
-    return total
+                keys.setdefault(frozenset(cost.dims), cost.dims)
+            probs = marginals(upstream, keys, t)
+            weighted = []
+            for cost in cost_factors:
+                p = align(probs[frozenset(cost.dims)], cost.dims)
+                p, c = torch.broadcast_tensors(p, align(cost, cost.dims))
+                c = torch.where(p > 0, c, torch.zeros((), dtype=c.dtype, device=c.device))
+                weighted.append((p * c).sum())
+            term = sum_terms(weighted)
+        terms.append(term if denom == 0 else math.exp(-denom) * term)
+    return sum_terms(terms) if terms else 0.0
