@@ -107,7 +107,7 @@ def _log_joint_minus_log_q(model, guide, args, enum: bool):
     return sum(flat) + joint.logsumexp(0).sum() - log_q
 
 
-def floor_step(model, guide, args, kind: str = "trace", num_particles: int = 8):
+def floor_step(model, guide, args, kind: str = "trace", num_particles: int = 1):
     """One step of the floor: guide and model (replayed) under :class:`_BareRecorder`,
     the loss from the log-prob terms (``kind``: "trace", "enum" or "renyi", the latter
     over ``num_particles`` draws), ``backward``, a foreach Adam step (lr 0.01)."""

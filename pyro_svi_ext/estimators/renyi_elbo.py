@@ -94,11 +94,10 @@ class RenyiELBO(ELBO):
             return elbo, 0
         if not score and not neither:
             return elbo, log_w
-        if not score:
-            return elbo, _difference(log_p, sum_terms(path))
-        coef = self.alpha / (1.0 - self.alpha)
-        surrogate = _difference(log_p, sum_terms(path)) if path else log_p
-        return elbo, surrogate + coef * sum_terms(score)
+        surrogate = _difference(log_p, sum_terms(path))
+        if score:
+            surrogate = surrogate + self.alpha / (1.0 - self.alpha) * sum_terms(score)
+        return elbo, surrogate
 
     def _stacked(self, pairs: list[TracePair], with_surrogate: bool):
         self._check_full_data(pairs)
