@@ -272,3 +272,24 @@ def test_a_running_total_of_stacked_rows_is_a_sum_over_them():
     assert _ops(gm, "index_select") == 1 and _ops(gm, "unbind") == 0
     for got, want in zip(gm(x), f(x), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_a_folded_constant_with_stride_zero_is_hashed_and_kept():
+    """An ``expand``-ed 0-dim constant folds to a shape-(1,) tensor of stride 0 (Neal's
+    funnel under ``AutoStructured`` makes one); hashing its bytes must not need
+    ``view(torch.uint8)`` on it, nor on a portable graph's copy of it."""
+    from pyro_svi_ext.compile.background import cache_marker, portable
+
+    scale = torch.tensor(2.0)
+
+    def f(x):
+        return x * scale.expand(1), x + scale.expand(1)
+
+    x = torch.randn(3)
+    gm = _traced(f, x)
+    simplify(gm)
+    folded = [getattr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr"]
+    assert any(t.stride() == (0,) for t in folded)  # the case under test is built
+    torch.testing.assert_close(gm(x), f(x))
+    assert _ops(gm, "expand") == 0 and len(folded) == 1  # folded once, shared
+    assert cache_marker("inductor", portable(gm), [x]).name

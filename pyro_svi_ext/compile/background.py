@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from pyro_svi_ext.compile.graph_passes import tensor_bytes
+
 #: the jobs whose child is running (weak: a job nobody holds is collected, and stops
 #: its child)
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -157,8 +159,7 @@ def cache_marker(backend: str, data: dict, inputs: list) -> Path:
         digest.update(name.encode())
         if torch.is_tensor(value):
             digest.update(repr((value.shape, value.dtype)).encode())
-            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8)
-                          .numpy().tobytes())
+            digest.update(tensor_bytes(value))
         else:
             digest.update(repr(value).encode())
     return inductor_cache_dir() / "pyro_svi_ext" / digest.hexdigest()

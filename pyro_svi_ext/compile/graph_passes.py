@@ -217,7 +217,7 @@ def _fold_constants(gm: torch.fx.GraphModule, unsafe: set) -> int:
                 u.op == "output" for u in readers):
             continue
         value = value.detach().contiguous()
-        key = (value.dtype, value.device, tuple(value.shape), _content(value))
+        key = (value.dtype, value.device, tuple(value.shape), tensor_bytes(value))
         if key not in stored:
             name = f"_folded_constant{len(stored)}"
             setattr(gm, name, value.clone())
@@ -231,9 +231,14 @@ def _fold_constants(gm: torch.fx.GraphModule, unsafe: set) -> int:
     return rewired
 
 
-def _content(value: torch.Tensor) -> bytes:
-    """The bytes of a small CPU or device tensor (the key that dedupes constants)."""
-    return value.cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+def tensor_bytes(value: torch.Tensor) -> bytes:
+    """The bytes of a tensor's values in row-major order, whatever its strides (an
+    ``expand``-ed constant has stride 0, which ``view(torch.uint8)`` refuses): the key
+    that dedupes constants, and part of a compiled graph's cache marker."""
+    value = value.detach()
+    dense = torch.empty(value.numel(), dtype=value.dtype)  # stride 1, on the CPU
+    dense.copy_(value.reshape(-1))
+    return dense.view(torch.uint8).numpy().tobytes()
 
 
 _VIEW = torch.ops.aten.view.default
