@@ -31,3 +31,10 @@ class DistributedStepError(RuntimeError):
     (its rank and error are named), the ranks disagree on the model's structure, or a
     rank died or hung past the timeout. Raised on every rank alike; no parameter or
     optimizer state was changed by the failed step."""
+
+
+class DeviceMismatchError(RuntimeError, ValueError):
+    """A model or guide mixed tensors of two devices (data on the CPU, params on CUDA, or
+    the reverse). Raised in place of torch's own ``RuntimeError``, naming the run (model
+    or guide), the last sample site it reached, and where the params and the arguments
+    of the step are; a ``RuntimeError`` as torch's, and a ``ValueError`` (bad input)."""

@@ -13,6 +13,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from pyro_svi_ext.pyro_compat import hidden_from_traces, is_subsample
+from pyro_svi_ext.trace.devices import is_device_mismatch, mixed_devices_in_run
 from pyro_svi_ext.trace.provenance import track
 from pyro_svi_ext.trace.sites import Site, site_from_message
 from pyro_svi_ext.trace.static_plates import constant_indices
@@ -154,5 +155,14 @@ def run_recorded(fn, args: tuple, kwargs: dict, against: SiteRecorder | None = N
     elif sequential is not None:
         recorder.replay_subsamples = sequential.get(SUBSAMPLES, {})
     with recorder:
-        result = fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except RuntimeError as err:
+            if not is_device_mismatch(err):
+                raise
+            params = dict(against.params if against is not None else {})
+            params.update(recorder.params)
+            raise mixed_devices_in_run(
+                err, "guide" if against is None else "model",
+                next(reversed(recorder.sites), None), params, args, kwargs) from err
     return recorder, result

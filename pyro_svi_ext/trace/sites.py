@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from pyro_svi_ext.kernels import is_identically_zero, scale_and_mask
+from pyro_svi_ext.trace.devices import is_device_mismatch, mixed_devices_at_site
 
 
 @dataclass(slots=True, eq=False)
@@ -79,6 +80,8 @@ def site_from_message(msg: dict) -> Site:
 
 def _raise_for_site(site: Site, role: str, err: Exception) -> None:
     what = "log_prob" if role == "model" else "score_parts"
+    if is_device_mismatch(err):
+        raise mixed_devices_at_site(err, what, site.name, role, site.value, site.fn) from err
     raise type(err)(
         f"Error while computing {what} at site {site.name!r} ({role}): {err}"
     ) from err
