@@ -27,10 +27,13 @@ from pathlib import Path
 import tomllib
 import torch
 
+import _pyro_svi_ext_pytestplugin
 import pyro_svi_ext
 
 HERE = Path(__file__).resolve().parent
-PACKAGES = {"compat_matrix": HERE, "pyro_svi_ext": Path(pyro_svi_ext.__file__).parent}
+PACKAGES = {"compat_matrix": HERE, "pyro_svi_ext": Path(pyro_svi_ext.__file__).parent,
+            # the pytest plugin's entry module (top level, outside the package)
+            "_pyro_svi_ext_pytestplugin.py": Path(_pyro_svi_ext_pytestplugin.__file__)}
 #: pyro-ppl's dependencies besides torch, and pytest for the test-suite mode
 TORCH_ENV_PACKAGES = ("numpy", "opt_einsum", "pyro-api", "tqdm", "pluggy", "pytest")
 

@@ -3,7 +3,7 @@ test id.
 
 In a cell, ``python -m compat_matrix.suite --impl ours|pyro JUNIT -- PYTEST_ARGS`` runs
 pytest with a JUnit XML report; ``ours`` turns the drop-in switch on (the
-``--pyro-svi-ext`` option of :mod:`pyro_svi_ext.pytest_plugin`).
+``--pyro-svi-ext`` option of the pytest plugin, ``_pyro_svi_ext_pytestplugin``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from pathlib import Path
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 
 
+#: the pytest plugin's module (and entry point name)
+PLUGIN = "_pyro_svi_ext_pytestplugin"
+
+
 def _plugin_registered() -> bool:
-    return any(ep.value == "pyro_svi_ext.pytest_plugin"
+    return any(ep.value == PLUGIN
                for ep in importlib.metadata.entry_points(group="pytest11"))
 
 
@@ -27,7 +31,7 @@ def pytest_argv(impl: str, junit: str, args: list[str]) -> list[str]:
     name where the package is not installed, so it has no entry point)."""
     argv = [f"--junitxml={junit}", "-p", "no:cacheprovider", *args]
     if impl == "ours":
-        load = [] if _plugin_registered() else ["-p", "pyro_svi_ext.pytest_plugin"]
+        load = [] if _plugin_registered() else ["-p", PLUGIN]
         argv = [*load, "--pyro-svi-ext", *argv]
     return argv
 

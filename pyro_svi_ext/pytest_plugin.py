@@ -1,56 +1,14 @@
-"""pytest plugin: ``pytest --pyro-svi-ext`` runs a test suite with ``pyro.infer``'s names
-bound to this package's classes (the drop-in switch, :mod:`pyro_svi_ext.dropin`).
+"""The pytest plugin under its former name: ``pytest -p pyro_svi_ext.pytest_plugin
+--pyro-svi-ext`` still works.
 
-Registered through the ``pytest11`` entry point, so it is available wherever the
-package is installed; without the option it does nothing (and imports nothing of the
-package). The switch is installed before test modules are collected, so their
-``from pyro.infer import SVI`` already takes this package's class.
+The plugin itself is the top-level module ``_pyro_svi_ext_pytestplugin`` (the
+``pytest11`` entry point), which imports nothing of this package unless its options are
+given; this module only has pytest load it under its own name (so an autoloaded entry
+point does not register it twice).
 """
 
 from __future__ import annotations
 
-OPTION = "--pyro-svi-ext"
-COMPILE_OPTION = "--pyro-svi-ext-compile"
-
-
-def pytest_addoption(parser) -> None:
-    group = parser.getgroup("pyro_svi_ext")
-    group.addoption(OPTION, action="store_true", default=False,
-                    help="run the suite on pyro_svi_ext's implementations of pyro.infer's "
-                         "SVI, ELBOs and posteriors (the drop-in switch)")
-    group.addoption(COMPILE_OPTION, action="store_true", default=False,
-                    help="the drop-in switch with Pyro's eager ELBO names bound to "
-                         "compiled steps (install(compile=True))")
-
-
-def _mode(config) -> bool | None:
-    """None: switch off; else whether it compiles."""
-    if config.getoption(COMPILE_OPTION):
-        return True
-    return False if config.getoption(OPTION) else None
-
-
-def pytest_configure(config) -> None:
-    mode = _mode(config)
-    if mode is not None:
-        from pyro_svi_ext import dropin
-
-        dropin.install(compile=mode)
-
-
-def pytest_unconfigure(config) -> None:
-    if _mode(config) is not None:
-        from pyro_svi_ext import dropin
-
-        dropin.uninstall()
-
-
-def pytest_report_header(config) -> str | None:
-    mode = _mode(config)
-    if mode is not None:
-        import pyro_svi_ext
-
-        return (f"pyro_svi_ext {pyro_svi_ext.__version__}: drop-in switch on "
-                "(pyro.infer's SVI, ELBOs and posteriors are pyro_svi_ext's"
-                + ("; eager ELBO names compiled)" if mode else ")"))
-    return None
+#: pytest imports and registers these plugins with this module (not imported here: pytest
+#: rewrites a plugin module's asserts only if it imports the module itself)
+pytest_plugins = ["_pyro_svi_ext_pytestplugin"]
