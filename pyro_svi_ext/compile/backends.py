@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_svi_ext.compile.cuda_graphs import replayed_as_cuda_graph
 from pyro_svi_ext.compile.graph_passes import copy_graph, fewer_ops, without_values
 from pyro_svi_ext.compile.matmul_choices import cpu_matmul_choices
 
@@ -148,6 +149,12 @@ def _static_fake_context(example_inputs):
         yield fake
 
 
+def _inductor_cuda_graphs(gm, example_inputs):
+    """Inductor's step, replayed as one CUDA graph where the step allows it
+    (:func:`.cuda_graphs.replayed_as_cuda_graph`); elsewhere (CPU) inductor's step."""
+    return replayed_as_cuda_graph(_inductor, gm, example_inputs)
+
+
 #: what ``backend="auto"`` tries, in order, keeping the first that compiles the step
 #: and reproduces the traced graph's numbers
 AUTO_BACKENDS = ("inductor", "jit", "eager")
@@ -157,6 +164,8 @@ BUILTIN_BACKENDS: dict[str, Backend] = {
         Backend("eager", _eager, "replay the traced graph op by op"),
         Backend("jit", _torchscript, "TorchScript trace of the graph (legacy)"),
         Backend("inductor", _inductor, "torch.compile / inductor: fused kernels"),
+        Backend("cudagraphs", _inductor_cuda_graphs,
+                "inductor, the step replayed as one CUDA graph (CUDA; static shapes)"),
     )
 }
 #: the name tests and older code used for the built-in table
