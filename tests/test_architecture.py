@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_svi_ext"
 #: lower layers first; a module may import only from its own layer or those before it
 LAYERS = [
     ("kernels",),
-    ("errors", "protocol", "pyro_compat", "trace"),
+    ("errors", "protocol", "pyro_compat", "trace", "validation"),
     ("compile",),
     ("estimators",),
     ("infer",),

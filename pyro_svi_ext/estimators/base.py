@@ -18,6 +18,7 @@ import pyro
 import torch
 from pyro.poutine.util import is_validation_enabled
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators.diagnostics import site_losses
 from pyro_svi_ext.estimators.pyro_hooks import PyroHooks
@@ -131,6 +132,12 @@ class ELBO(PyroHooks, Estimator):
         if jit_options is not None and not isinstance(jit_options, dict):
             raise TypeError(f"jit_options must be a dict of torch.jit.trace arguments, got "
                             f"{type(jit_options).__name__}")
+        tail_adaptive_beta = validation.real(type(self).__name__, "tail_adaptive_beta",
+                                             tail_adaptive_beta)
+        if retain_graph is not None and not isinstance(retain_graph, bool):
+            raise validation.ArgumentTypeError(
+                f"{type(self).__name__}: retain_graph must be True, False or None, got "
+                f"{retain_graph!r}")
         self.num_particles = int(num_particles)
         self.max_plate_nesting = max_plate_nesting
         self.vectorize_particles = bool(vectorize_particles)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.compile import CompiledStep
 from pyro_svi_ext.estimators.renyi_elbo import RenyiELBO
 from pyro_svi_ext.estimators.trace_elbo import Trace_ELBO
@@ -52,6 +53,12 @@ class _Compiled:
 
     def _set_compile_options(self, backend, on_change, on_dynamic, cache_size,
                              background_compile) -> None:
+        owner = type(self).__name__
+        if backend is not None and not isinstance(backend, str):
+            raise validation.ArgumentTypeError(
+                f"{owner}: backend must be a backend's name (str) or None, got {backend!r}")
+        cache_size = validation.integer(owner, "cache_size", cache_size, minimum=1)
+        validation.flag(owner, "background_compile", background_compile)
         self.backend = backend or DEFAULT_BACKEND
         self._options = {"on_change": on_change, "on_dynamic": on_dynamic,
                          "cache_size": cache_size, "jit_options": self.jit_options,

@@ -6,6 +6,7 @@ import warnings
 
 import torch
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.estimators.base import ELBO, INF
 from pyro_svi_ext.kernels import is_identically_zero, renyi_weights, sum_dims, sum_terms
 from pyro_svi_ext.protocol import Estimate
@@ -50,6 +51,7 @@ class RenyiELBO(ELBO):
         vectorize_particles: bool = False,
         strict_enumeration_warning: bool = True,
     ):
+        validation.real(type(self).__name__, "alpha", alpha)
         if alpha == 1:
             raise ValueError("RenyiELBO needs alpha != 1; for alpha = 1 use Trace_ELBO, "
                              "whose gradient estimator has lower variance")

@@ -15,6 +15,7 @@ import pyro
 import pyro.optim
 import torch
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.errors import DistributedStepError, NonFiniteLossError
 from pyro_svi_ext.estimators.tracegraph_elbo import AVG_BASELINE_PREFIX
 from pyro_svi_ext.infer.collectives import Group, layout_hash, write_back
@@ -73,6 +74,12 @@ class DistributedSVI(SVI):
             raise ValueError("DistributedSVI: RenyiELBO's objective (a log-mean-exp over "
                              "particles of the whole data's weight) does not split into a "
                              "sum over data shards; use Trace_ELBO or TraceGraph_ELBO")
+        timeout = validation.real("DistributedSVI", "timeout", timeout, finite=False)
+        if timeout <= 0:
+            raise ValueError(f"DistributedSVI: timeout must be > 0 seconds, got {timeout!r}")
+        if plate is not None and not isinstance(plate, str):
+            raise validation.ArgumentTypeError(
+                f"DistributedSVI: plate must be a plate's name (str) or None, got {plate!r}")
         self.comm = Group(timeout)
         self.rank, self.world = self.comm.rank, self.comm.world
         self.sharding = ShardMessenger(self.rank, self.world)

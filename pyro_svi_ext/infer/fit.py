@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pyro_svi_ext import validation
+
 #: running loss shown in the progress bar: the mean of the last this many losses
 RUNNING_WINDOW = 100
 #: the progress bar's loss is refreshed every this many steps (a refresh costs ~20 us)
@@ -19,10 +21,17 @@ REFRESH_EVERY = 10
 class Convergence:
     """Stop when the mean loss of the last ``window`` steps differs from the mean of the
     ``window`` before by less than ``rtol`` of its size (checked once ``2 * window``
-    steps were taken)."""
+    steps were taken).
+
+    ``window``: an int >= 1; ``rtol``: a finite number >= 0 (0: stop only on an
+    unchanged mean). Anything else is refused here, naming the argument."""
 
     window: int = 100
     rtol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        validation.integer("Convergence", "window", self.window, minimum=1)
+        validation.real("Convergence", "rtol", self.rtol, minimum=0.0)
 
     def reached(self, losses: Sequence[float]) -> bool:
         w = self.window
@@ -63,6 +72,12 @@ def train(svi, num_steps: int, args: tuple, kwargs: dict, progress_bar: bool | N
     """``num_steps`` steps of ``svi`` (see :meth:`~pyro_svi_ext.SVI.fit`)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    if convergence is not None and not isinstance(convergence, Convergence):
+        raise validation.ArgumentTypeError(
+            f"fit: convergence must be a Convergence(window, rtol) or None, got {convergence!r}")
+    if not all(callable(c) for c in callbacks):
+        raise validation.ArgumentTypeError(
+            f"fit: callbacks must be callables callback(svi, step, loss), got {callbacks!r}")
     history = LossHistory()
     bar = _progress(num_steps, progress_bar, getattr(svi.loss_fn, "estimator_name", "SVI"))
     try:

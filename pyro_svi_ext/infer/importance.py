@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.infer.trace_posterior import TracePosterior
 from pyro_svi_ext.kernels import effective_sample_size, log_mean_exp, normalized_log_weights
 from pyro_svi_ext.trace.posterior import prior_proposal, weighted_trace
@@ -31,9 +32,8 @@ class Importance(TracePosterior):
         super().__init__()
         self.model = model
         self.guide = prior_proposal(model) if guide is None else guide
-        self.num_samples = 10 if num_samples is None else num_samples
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        self.num_samples = 10 if num_samples is None else validation.integer(
+            "Importance", "num_samples", num_samples, minimum=1)
 
     def _traces(self, *args, **kwargs) -> Iterator:
         for _ in range(self.num_samples):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.infer.trace_posterior import TracePosterior
 from pyro_svi_ext.trace.posterior import model_trace, predictive_trace
 
@@ -27,10 +28,15 @@ class TracePredictive(TracePosterior):
 
     def __init__(self, model: Callable, posterior: TracePosterior, num_samples: int,
                  keep_sites=None):
+        if not (hasattr(posterior, "exec_traces") and hasattr(posterior, "run")):
+            raise validation.ArgumentTypeError(
+                "TracePredictive: posterior must be a TracePosterior (e.g. SVI or "
+                f"Importance), got {type(posterior).__name__}")
         super().__init__()
         self.model = model
         self.posterior = posterior
-        self.num_samples = num_samples
+        self.num_samples = validation.integer("TracePredictive", "num_samples", num_samples,
+                                              minimum=1)
         self.keep_sites = keep_sites
 
     def _traces(self, *args, **kwargs) -> Iterator:

@@ -12,6 +12,7 @@ import pyro.optim
 import torch
 from pyro.poutine.util import is_validation_enabled
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators.base import ELBO
 from pyro_svi_ext.infer.fit import Convergence, LossHistory, train
@@ -86,6 +87,12 @@ class SVI(TracePosterior):
         if nonfinite not in (None, "raise", "skip", "stop"):
             raise ValueError(f"nonfinite must be 'raise', 'skip', 'stop' or None, got "
                              f"{nonfinite!r}")
+        owner = type(self).__name__
+        num_samples = validation.integer(owner, "num_samples", num_samples)
+        num_steps = validation.integer(owner, "num_steps", num_steps)
+        if loss_and_grads is not None and not callable(loss_and_grads):
+            raise validation.ArgumentTypeError(
+                f"{owner}: loss_and_grads must be callable or None, got {loss_and_grads!r}")
         super().__init__(**kwargs)
         self.nonfinite = nonfinite
         #: why training should end (set by a step under ``nonfinite="stop"``)

@@ -8,6 +8,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
+from pyro_svi_ext import validation
 from pyro_svi_ext.errors import EmptyPosteriorError
 from pyro_svi_ext.infer.marginal import EmpiricalMarginal
 from pyro_svi_ext.kernels import waic
@@ -28,7 +29,8 @@ class TracePosterior:
     """
 
     def __init__(self, num_chains: int = 1):
-        self.num_chains = num_chains
+        self.num_chains = validation.integer(type(self).__name__, "num_chains", num_chains,
+                                             minimum=1)
         self._reset()
 
     def _reset(self) -> None:
