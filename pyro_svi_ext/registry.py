@@ -62,14 +62,29 @@ def _unmarked_hooks(plugin) -> list[str]:
             and not hasattr(getattr(plugin, n), f"{hookspecs.PROJECT}_impl")]
 
 
-def _register(pm: pluggy.PluginManager, plugin, label: str, errors: list) -> None:
+def _attempt(call, label: str, errors: list, source=None) -> tuple[bool, Any]:
+    """``(True, call())``, or ``(False, None)`` with a :class:`PluginLoadError` in
+    ``errors`` when the plugin's code raised. Any exception counts, ``SystemExit``
+    included (a plugin module that calls ``sys.exit()`` or parses ``sys.argv`` with
+    argparse at import must not end its host's process); ``KeyboardInterrupt`` is the
+    user's and goes on."""
     try:
+        return True, call()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # a plugin's failure, reported
+        errors.append(PluginLoadError(label, err, source))
+        return False, None
+
+
+def _register(pm: pluggy.PluginManager, plugin, label: str, errors: list) -> None:
+    def register() -> None:
         pm.register(plugin, name=label)
         pm.check_pending()
-    except Exception as err:
+
+    if not _attempt(register, label, errors, plugin)[0]:
         if pm.has_plugin(label):
             pm.unregister(name=label)
-        errors.append(PluginLoadError(label, err, plugin))
         return
     for name in _unmarked_hooks(plugin):
         _warn_at(getattr(plugin, name), f"plugin {label!r}: {name}() is not decorated with "
@@ -82,12 +97,9 @@ def _entry_point_plugins(pm: pluggy.PluginManager) -> list[PluginLoadError]:
         label = f"{ep.dist.name}:{ep.name}" if getattr(ep, "dist", None) else ep.name
         if pm.has_plugin(label):
             continue
-        try:
-            plugin = ep.load()
-        except Exception as err:
-            errors.append(PluginLoadError(label, err))
-            continue
-        _register(pm, plugin, label, errors)
+        loaded, plugin = _attempt(ep.load, label, errors)
+        if loaded:
+            _register(pm, plugin, label, errors)
     return errors
 
 
@@ -124,19 +136,21 @@ def build_registry(
     registry = EstimatorRegistry()
     for impl in pm.hook.pyro_svi_ext_register_estimators.get_hookimpls():
         registrar = PluginRegistrar(impl.plugin_name, registry)
-        try:
+
+        def add_estimators(impl=impl, registrar=registrar) -> None:
             impl.function(registry=registrar)
             for registration in registrar.staged:
                 registry.add(registration)
-        except Exception as err:
-            errors.append(PluginLoadError(impl.plugin_name, err, impl.function))
+
+        _attempt(add_estimators, impl.plugin_name, errors, impl.function)
     for impl in pm.hook.pyro_svi_ext_register_backends.get_hookimpls():
         backends = BackendRegistrar(impl.plugin_name, registry)
-        try:
+
+        def add_backends(impl=impl, backends=backends) -> None:
             impl.function(registry=backends)
             registry.backends.update(backends.staged)
-        except Exception as err:
-            errors.append(PluginLoadError(impl.plugin_name, err, impl.function))
+
+        _attempt(add_backends, impl.plugin_name, errors, impl.function)
     for error in errors:
         _warn_at(error.source, str(error))
     registry.load_errors = errors

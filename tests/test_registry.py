@@ -154,13 +154,47 @@ DUPLICATE = """
         registry.add(pyro_svi_ext.Trace_ELBO, aliases=("trace_elbo",))
 """
 
+#: plugins that end the process unless the registry stops them: sys.exit at import, an
+#: argparse that reads the host's argv at import, a hook that exits, a BaseException
+EXITS_AT_IMPORT = "import sys\nsys.exit(3)\n"
+PARSES_ARGV_AT_IMPORT = """
+    import argparse
+
+    argparse.ArgumentParser(prog="svi_ext_bad_plugin").add_argument("--required-by-plugin",
+                                                                   required=True)
+    argparse.ArgumentParser(prog="svi_ext_bad_plugin").parse_args(["--unknown-option"])
+"""
+HOOK_EXITS = """
+    import sys
+
+    import pyro_svi_ext
+
+    @pyro_svi_ext.hookimpl
+    def pyro_svi_ext_register_estimators(registry):
+        sys.exit("plugin gave up")
+"""
+BACKEND_HOOK_RAISES_BASE_EXCEPTION = """
+    import pyro_svi_ext
+
+    class PluginAbort(BaseException):
+        pass
+
+    @pyro_svi_ext.hookimpl
+    def pyro_svi_ext_register_backends(registry):
+        raise PluginAbort("not an Exception")
+"""
+
 
 @pytest.mark.parametrize(
     "body, message",
     [(BROKEN_IMPORT, "missing dependency"), (BROKEN_HOOK, "boom while registering"),
      (MISSPELLED_HOOK, "pyro_svi_ext_register_estimator"),
-     (DUPLICATE, "already registered as 'Trace_ELBO' by plugin 'pyro_svi_ext.builtin'")],
-    ids=["import-error", "hook-raises", "misspelled-hook", "duplicate-name"],
+     (DUPLICATE, "already registered as 'Trace_ELBO' by plugin 'pyro_svi_ext.builtin'"),
+     (EXITS_AT_IMPORT, "SystemExit: 3"), (PARSES_ARGV_AT_IMPORT, "SystemExit: 2"),
+     (HOOK_EXITS, "SystemExit: plugin gave up"),
+     (BACKEND_HOOK_RAISES_BASE_EXCEPTION, "PluginAbort: not an Exception")],
+    ids=["import-error", "hook-raises", "misspelled-hook", "duplicate-name", "exit-at-import",
+         "argparse-at-import", "hook-exits", "backend-hook-base-exception"],
 )
 def test_a_failing_plugin_is_named_and_the_others_still_load(plugin_dir, body, message):
     _write_plugin(plugin_dir, "svi_ext_bad", "svi_ext_bad_plugin", body)
@@ -177,6 +211,13 @@ def test_a_failing_plugin_is_named_and_the_others_still_load(plugin_dir, body, m
     assert pyro_svi_ext.get("trace_elbo") is pyro_svi_ext.Trace_ELBO
     with pytest.raises(UnknownEstimatorError):
         pyro_svi_ext.get("HalfRegistered")  # a failed plugin keeps nothing
+
+
+def test_a_keyboard_interrupt_in_a_plugin_is_the_users_and_goes_on(plugin_dir):
+    _write_plugin(plugin_dir, "svi_ext_bad", "svi_ext_bad_plugin",
+                  "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        registry.reload()
 
 
 def test_registry_is_clean_after_plugin_tests():
