@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from compat_matrix.compare import (
 )
 from compat_matrix.quantities import compute_module, environment, error_line, load_module
 from compat_matrix.versions import RefusedError, Side, check_pyro, parse_side
+from pyro_svi_ext.cli import OneLineErrors, positive_int
 
 BUILTIN = "compat_matrix.scenarios"
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -127,10 +129,27 @@ def _sides(texts: list[str], matrix: dict) -> list[Side]:
     return [parse_side(t, cellmod.running_torch(), torches) for t in texts]
 
 
+def _scenario_module(spec: str) -> str:
+    """The scenario module to run in the cells: a file's absolute path, or a dotted name;
+    refused (exit 2) when there is no such file or module here."""
+    if spec.endswith(".py") or "/" in spec:
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise RefusedError(f"no scenario file {spec}")
+        return str(path)
+    try:
+        found = importlib.util.find_spec(spec) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise RefusedError(f"no scenario module named {spec!r} (a .py file or a dotted name)")
+    return spec
+
+
 def cmd_migrate(opts) -> int:
+    module = _scenario_module(opts.module)
     matrix = cellmod.load_matrix()
     sides = _sides([opts.from_version, *opts.to_versions], matrix)
-    module = str(Path(opts.module).resolve()) if opts.module.endswith(".py") else opts.module
     results, failed, log = {}, {}, []
     for side in sides:
         cell = cellmod.Cell(side.pyro, side.torch)
@@ -167,6 +186,8 @@ def cmd_migrate(opts) -> int:
 
 
 def cmd_suite(opts) -> int:
+    if not Path(opts.path).exists():
+        raise RefusedError(f"no test directory or file {opts.path}")
     matrix = cellmod.load_matrix()
     sides = _sides(opts.sides, matrix)
     labels = [s.label if s.impl else f"{s.pyro}:pyro@{s.torch}" for s in sides]
@@ -207,8 +228,8 @@ def cmd_suite(opts) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compat_matrix", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrors(prog="python -m compat_matrix", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     out = {"default": str(Path.cwd() / "compat-report"),
            "help": "directory for the report (default ./compat-report)"}
@@ -230,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                      metavar="PYRO[:IMPL][@TORCH]")
     mig.add_argument("--to", dest="to_versions", nargs="+", required=True,
                      metavar="PYRO[:IMPL][@TORCH]")
-    mig.add_argument("--steps", type=int)
+    mig.add_argument("--steps", type=positive_int)
     mig.add_argument("--strict", action="store_true",
                      help="exit 1 on any difference, error or missing result")
     mig.add_argument("--out", **out)

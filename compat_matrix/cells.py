@@ -29,6 +29,7 @@ import torch
 
 import _pyro_svi_ext_pytestplugin
 import pyro_svi_ext
+from pyro_svi_ext.demo import user_cache_dir
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = {"compat_matrix": HERE, "pyro_svi_ext": Path(pyro_svi_ext.__file__).parent,
@@ -59,11 +60,8 @@ class CellError(RuntimeError):
 
 def cache_root() -> Path:
     """``$PYRO_SVI_EXT_CACHE``, else ``$XDG_CACHE_HOME/pyro-svi-ext``, else
-    ``~/.cache/pyro-svi-ext``."""
-    if os.environ.get("PYRO_SVI_EXT_CACHE"):
-        return Path(os.environ["PYRO_SVI_EXT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pyro-svi-ext"
+    ``~/.cache/pyro-svi-ext`` (the package's per-user cache)."""
+    return user_cache_dir()
 
 
 def load_matrix(path: Path = HERE / "matrix.toml") -> dict:

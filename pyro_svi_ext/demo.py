@@ -8,7 +8,11 @@ summaries next to the least-squares fit.
 from __future__ import annotations
 
 import csv
+import os
+import sys
+import time
 from importlib import resources
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -18,6 +22,44 @@ from pyro.distributions import constraints
 
 from pyro_svi_ext import SVI, registry
 from pyro_svi_ext.infer.fit import running_loss
+
+#: when stdout is not a terminal (a log, a pipe, CI), a progress line at most this often
+PROGRESS_EVERY_S = 5.0
+
+
+def user_cache_dir() -> Path:
+    """This package's per-user cache, outside any source tree: ``$PYRO_SVI_EXT_CACHE``,
+    else ``$XDG_CACHE_HOME/pyro-svi-ext``, else ``~/.cache/pyro-svi-ext``."""
+    if os.environ.get("PYRO_SVI_EXT_CACHE"):
+        return Path(os.environ["PYRO_SVI_EXT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyro-svi-ext"
+
+
+def default_plot_path() -> Path:
+    """Where the demo writes its loss curve unless told: ``demo-loss.png`` in
+    :func:`user_cache_dir` (not the current directory, which may be a clone)."""
+    return user_cache_dir() / "demo-loss.png"
+
+
+def progress_lines(num_steps: int, every_s: float | None = None, out=None):
+    """A ``fit`` callback that prints ``step i/N, running loss x`` at most every
+    ``every_s`` seconds (default :data:`PROGRESS_EVERY_S`), and at the last step, to
+    ``out`` (default stdout)."""
+    every_s = PROGRESS_EVERY_S if every_s is None else every_s
+    last = [time.monotonic()]
+    losses: list[float] = []
+
+    def callback(svi, step: int, loss: float) -> bool:
+        losses.append(loss)
+        now = time.monotonic()
+        if now - last[0] >= every_s or step == num_steps - 1:
+            last[0] = now
+            print(f"step {step + 1}/{num_steps}, running loss {running_loss(losses):.1f}",
+                  file=out or sys.stdout, flush=True)
+        return False
+
+    return callback
 
 
 def load_diabetes() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -56,14 +98,14 @@ def standardized() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 
 def fit(num_steps: int = 3000, seed: int = 0, estimator: str = "trace_elbo",
-        progress_bar: bool | None = False) -> dict:
+        progress_bar: bool | None = False, callbacks=()) -> dict:
     """Run SVI; return standardized data, feature names, losses and the fitted params."""
     x, y, names = standardized()
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}),
               registry.make(estimator))
-    losses = svi.fit(num_steps, x, y, progress_bar=progress_bar)
+    losses = svi.fit(num_steps, x, y, progress_bar=progress_bar, callbacks=callbacks)
     store = pyro.get_param_store()
     params = {k: store[k].detach().clone() for k in store.keys()}
     return {"x": x, "y": y, "names": names, "losses": losses, "params": params}
@@ -112,11 +154,15 @@ def understatement(result: dict, full_sd: torch.Tensor) -> str:
             f"{float(full_sd[j]):.3f}.")
 
 
-def main(num_steps: int = 3000, plot: str | None = "pyro_svi_ext_demo.png") -> dict:
+def main(num_steps: int = 3000, plot: str | Path | None = None) -> dict:
     """Fit, print the posterior beside least squares and the mean-field caveat, and
-    write the loss curve to ``plot`` (when matplotlib is installed)."""
-    print("Bayesian linear regression, diabetes data (Efron et al. 2004), n=442, 10 features")
-    result = fit(num_steps, progress_bar=None)
+    write the loss curve to ``plot`` (when matplotlib is installed; None: no picture).
+    While fitting: a progress bar on a terminal, else a line every few seconds."""
+    print("Bayesian linear regression, diabetes data (Efron et al. 2004), n=442, 10 features",
+          flush=True)
+    quiet = not sys.stdout.isatty()
+    result = fit(num_steps, progress_bar=None,
+                 callbacks=[progress_lines(num_steps)] if quiet else ())
     losses = result["losses"]
     print(f"SVI with Trace_ELBO: {len(losses)} steps, loss {losses[0]:.1f} -> "
           f"{running_loss(losses):.1f} (mean of the last {min(len(losses), 100)})")
@@ -127,7 +173,8 @@ def main(num_steps: int = 3000, plot: str | None = "pyro_svi_ext_demo.png") -> d
         try:
             from pyro_svi_ext.viz import plot_losses
 
-            plot_losses(losses, plot, title="demo: SVI loss")
+            Path(plot).parent.mkdir(parents=True, exist_ok=True)
+            plot_losses(losses, str(plot), title="demo: SVI loss")
             print(f"loss curve written to {plot}")
         except ImportError:
             print("(pip install 'pyro-svi-ext[plots]' for the loss curve picture)")
