@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pyro_svi_ext.compile.cuda_graphs import replayed_as_cuda_graph
+from pyro_svi_ext.compile.environment import environment_kept
 from pyro_svi_ext.compile.graph_passes import copy_graph, fewer_ops, without_values
 from pyro_svi_ext.compile.matmul_choices import cpu_matmul_choices
 
@@ -98,7 +99,8 @@ def _inductor(gm, example_inputs):
     }
     gm = without_values(torch.fx.GraphModule(gm, copy_graph(cpu_matmul_choices(gm).graph)))
     with inductor_config.patch(options), torch.no_grad(), _quiet_inductor_notes(), \
-            _recursion_limit_for(gm), _static_fake_context(example_inputs) as fake_inputs:
+            _recursion_limit_for(gm), environment_kept(), \
+            _static_fake_context(example_inputs) as fake_inputs:
         return compile_fx(gm, fake_inputs)
 
 

@@ -137,14 +137,20 @@ def _decode(value, made: dict):
 
 def inductor_cache_dir() -> Path:
     """Where inductor keeps its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, else its
-    per-user default)."""
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    per-user default), found without writing it into ``os.environ`` (torch's own
+    ``cache_dir()`` does: every subprocess of the user's would inherit it)."""
+    configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if configured:
+        return Path(os.path.abspath(configured))
+    from pyro_svi_ext.compile.environment import environment_kept
 
-        return Path(cache_dir())
-    except ImportError:  # pragma: no cover - other torch layouts
-        return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-                    or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")
+    with environment_kept():  # importing torch._inductor imports dynamo, which writes it
+        try:
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+            return Path(default_cache_dir())
+        except ImportError:  # pragma: no cover - other torch layouts
+            return Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
 
 
 def cache_marker(backend: str, data: dict, inputs: list) -> Path:
@@ -274,8 +280,10 @@ class BackgroundCompile:
         if len(_LIVE) >= MAX_CHILDREN:
             return False
         # one compile thread: the other core is the training step's
+        # and the cache this process reads (given to the child's copy of the environment)
         env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHINDUCTOR_COMPILE_THREADS="1",
-                   PYRO_SVI_EXT_PARENT_PID=str(os.getpid()))
+                   PYRO_SVI_EXT_PARENT_PID=str(os.getpid()),
+                   TORCHINDUCTOR_CACHE_DIR=str(inductor_cache_dir()))
         with open(self._log, "wb") as err:  # the child has its own copy of the handle
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pyro_svi_ext.compile.compile_worker",

@@ -7,6 +7,7 @@ import inspect
 
 from pyro_svi_ext import validation
 from pyro_svi_ext.compile import CompiledStep
+from pyro_svi_ext.compile.environment import import_dynamo_keeping_the_environment
 from pyro_svi_ext.estimators.renyi_elbo import RenyiELBO
 from pyro_svi_ext.estimators.trace_elbo import Trace_ELBO
 from pyro_svi_ext.estimators.traceenum_elbo import TraceEnum_ELBO
@@ -75,6 +76,7 @@ class _Compiled:
         key = (id(model), id(guide))
         step = self._steps.get(key)
         if step is None:
+            import_dynamo_keeping_the_environment()  # (torch writes os.environ as it does)
             step = self._steps[key] = CompiledStep(self, model, guide, self.backend,
                                                    **self._options)
         return step

@@ -13,6 +13,7 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 
 from pyro_svi_ext import validation
+from pyro_svi_ext.compile.environment import import_dynamo_keeping_the_environment
 from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators.base import ELBO
 from pyro_svi_ext.infer.fit import Convergence, LossHistory, train
@@ -94,6 +95,9 @@ class SVI(TracePosterior):
             raise validation.ArgumentTypeError(
                 f"{owner}: loss_and_grads must be callable or None, got {loss_and_grads!r}")
         super().__init__(**kwargs)
+        # the first torch optimizer imports dynamo, which writes os.environ: import it now,
+        # with the user's environment kept
+        import_dynamo_keeping_the_environment()
         self.nonfinite = nonfinite
         #: why training should end (set by a step under ``nonfinite="stop"``)
         self.stop_reason: str | None = None
