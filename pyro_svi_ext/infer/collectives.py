@@ -48,7 +48,8 @@ class Group:
             self._owns_default = True
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if self.world > 1:
-            self.group = dist.new_group(backend=dist.get_backend(), timeout=self._delta())
+            self.group = dist.new_group(backend=group_backend(dist.get_backend()),
+                                        timeout=self._delta())
             # torn down before the interpreter's own teardown: left to that, gloo's
             # sockets could abort a process whose peer had already exited (seen as
             # exit code -6 in 2 of about 20 two-process test runs)
@@ -135,6 +136,16 @@ class Group:
 
     def barrier(self) -> None:
         self._guarded("the barrier", dist.barrier)
+
+
+def group_backend(default: str) -> str:
+    """The backend of this package's group, given the default group's: with NCCL, gloo
+    beside it for CPU tensors (the step's header, the flags of a broadcast and
+    ``evaluate_loss``'s total are CPU tensors, which NCCL alone refuses), where gloo is
+    built; else the default group's."""
+    if default == "nccl" and dist.is_gloo_available():
+        return "cpu:gloo,cuda:nccl"
+    return default
 
 
 #: tensors and the flat sum of their concatenation
