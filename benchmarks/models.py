@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -141,24 +143,32 @@ def gmm_enum(k: int = 3, n: int = 500):
     return model, guide, (data,)
 
 
-def hmm_data(k: int = 4, t: int = 100):
+def hmm_data(k: int = 4, t: int = 100, batch: int | None = None):
+    """Observations (T,), or (T, batch) for a batch of sequences."""
     g = torch.Generator().manual_seed(0)
-    return torch.randn(t, generator=g) + torch.arange(t).remainder(k).float()
+    means = torch.arange(t).remainder(k).float()
+    if batch is None:
+        return torch.randn(t, generator=g) + means
+    return torch.randn(t, batch, generator=g) + means[:, None]
 
 
-def hmm_enum(k: int = 4, t: int = 100):
-    """HMM with K hidden states, T steps, states enumerated under ``pyro.markov``."""
-    data = hmm_data(k, t)
+def hmm_enum(k: int = 4, t: int = 100, batch: int | None = None):
+    """HMM with K hidden states, T steps, states enumerated under ``pyro.markov``; with
+    ``batch``, that many sequences in a plate (data (T, batch), ``max_plate_nesting=1``)."""
+    data = hmm_data(k, t, batch)
 
     def model(data):
         trans = pyro.param("trans", torch.ones(k, k) / k + torch.eye(k),
                            constraint=constraints.simplex)
         locs = pyro.param("locs", torch.arange(k).float())
+        sequences = (pyro.plate("sequences", data.shape[1], dim=-1) if data.dim() > 1
+                     else contextlib.nullcontext())
         x = 0
-        for i in pyro.markov(range(len(data))):
-            x = pyro.sample(f"x_{i}", dist.Categorical(trans[x]),
-                            infer={"enumerate": "parallel"})
-            pyro.sample(f"y_{i}", dist.Normal(locs[x], 1.0), obs=data[i])
+        with sequences:
+            for i in pyro.markov(range(len(data))):
+                x = pyro.sample(f"x_{i}", dist.Categorical(trans[x]),
+                                infer={"enumerate": "parallel"})
+                pyro.sample(f"y_{i}", dist.Normal(locs[x], 1.0), obs=data[i])
 
     def guide(data):
         pass

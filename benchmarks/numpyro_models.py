@@ -8,6 +8,8 @@ Each ``build()`` returns (model, guide, args) with ``args`` as JAX arrays. Needs
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import models
@@ -93,7 +95,7 @@ def gmm_enum(k: int = 3, n: int = 500):
     return model, guide, (data,)
 
 
-def hmm_enum(k: int = 4, t: int = 100):
+def hmm_enum(k: int = 4, t: int = 100, batch: int | None = None):
     """The HMM as a Python loop under ``numpyro.contrib.funsor.markov`` (NumPyro's
     ``TraceEnum_ELBO`` gets a ``scan`` version of this model wrong in numpyro 0.22: a loss
     of 715.2 against the exact -log p(y) = 200.45, and ``KeyError`` for short chains).
@@ -103,18 +105,21 @@ def hmm_enum(k: int = 4, t: int = 100):
     """
     from numpyro.contrib.funsor import markov  # needs funsor
 
-    data = _jnp(models.hmm_data(k, t))
+    data = _jnp(models.hmm_data(k, t, batch))
     trans_init = jnp.ones((k, k)) / k + jnp.eye(k)
     trans_init = trans_init / trans_init.sum(-1, keepdims=True)
 
     def model(data):
         trans = numpyro.param("trans", trans_init, constraint=constraints.simplex)
         locs = numpyro.param("locs", jnp.arange(k, dtype=jnp.float32))
+        sequences = (numpyro.plate("sequences", data.shape[1], dim=-1) if data.ndim > 1
+                     else contextlib.nullcontext())
         x = 0
-        for i in markov(range(len(data))):
-            x = numpyro.sample(f"x_{i}", nd.Categorical(trans[x]),
-                               infer={"enumerate": "parallel"})
-            numpyro.sample(f"y_{i}", nd.Normal(locs[x], 1.0), obs=data[i])
+        with sequences:
+            for i in markov(range(len(data))):
+                x = numpyro.sample(f"x_{i}", nd.Categorical(trans[x]),
+                                   infer={"enumerate": "parallel"})
+                numpyro.sample(f"y_{i}", nd.Normal(locs[x], 1.0), obs=data[i])
 
     def guide(data):
         pass
