@@ -16,17 +16,20 @@
 # summary.txt has one line per phase: "<phase>: <ok|skipped: why|failed ...|timeout ...>
 # (<seconds> s)". --cpu: the dry run on this machine's CPU (tiny sizes, no wheels, the
 # tier with PYRO_SVI_EXT_TEST_DEVICE=cpu and the eager backend); tests/test_gpu_check.py
-# runs it. The package is imported from the tree (PYTHONPATH), never installed; the tier
-# loads the pytest plugin with -p (no entry points there), other plugins not at all.
+# runs it. --only=cuda_tier,benchmark reruns those phases (setup, versions and report
+# always run). The package is imported from the tree (PYTHONPATH), never installed; the
+# tier loads the pytest plugin with -p (no entry points there), other plugins not at all.
 set -u
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CPU=0
 OUTDIR=""
+ONLY=""  # --only=cuda_tier,benchmark: those phases (and setup, versions, report) only
 for arg in "$@"; do
     case "$arg" in
         --cpu) CPU=1 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --only=*) ONLY=${arg#--only=} ;;
+        -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; exit 0 ;;
         -*) echo "check.sh: unknown option $arg" >&2; exit 2 ;;
         *) OUTDIR=$arg ;;
     esac
@@ -48,7 +51,11 @@ else
     PY=$(command -v python3 || command -v python)
 fi
 SITE=${PYRO_SVI_EXT_SITE:-/tmp/site}
-export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$CPU" = 1 ]; then  # this environment's pyro, the package from the tree
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONDONTWRITEBYTECODE=1
 # JAX takes most of the GPU's memory at its first use unless told not to
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -70,6 +77,11 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 phase() {
     local name=$1 budget=$2
     shift 2
+    case "$name" in setup|versions|report) ;; *)
+        if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then
+            echo "$name: skipped: not in --only=$ONLY (0.0 s)" >> "$SUMMARY"; return
+        fi ;;
+    esac
     local left=$(( TOTAL - ($(date +%s) - START) ))
     if [ "$left" -lt 5 ]; then
         echo "$name: skipped: the ${TOTAL} s hard stop was reached (0.0 s)" >> "$SUMMARY"
@@ -155,7 +167,9 @@ phase cuda_tier "${BUDGETS[2]}" env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
 bench_budget=$(( BUDGETS[3] - 15 ))
 phase benchmark "${BUDGETS[3]}" "$PY" benchmarks/gpu/bench_gpu.py torch --out "$OUTDIR" \
     $CPUFLAG --budget-s "$bench_budget"
-if "$PY" -c "import numpyro, jax" >/dev/null 2>&1; then
+if [ -n "$ONLY" ] && [[ ",$ONLY," != *",numpyro,"* ]]; then
+    skip numpyro "not in --only=$ONLY"
+elif "$PY" -c "import numpyro, jax" >/dev/null 2>&1; then
     jax_platform=cuda
     [ "$CPU" = 1 ] && jax_platform=cpu
     phase numpyro "${BUDGETS[4]}" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
