@@ -299,11 +299,13 @@ def report(opts) -> None:
     for part in parts.values():
         for row in part["rows"]:
             rows.setdefault(row["model"], {}).update(row["cells"])
+    ratios_of = [("ours compiled", "pyro eager"), ("ours compiled", "numpyro jit"),
+                 ("ours compiled + CUDA graph", "ours compiled")]
     lines = ["| model | " + " | ".join(COLUMNS) + " | compiled ÷ pyro eager | "
-             "compiled ÷ numpyro |", "|---|" + "---|" * (len(COLUMNS) + 2)]
+             "compiled ÷ numpyro | CUDA graph ÷ compiled |",
+             "|---|" + "---|" * (len(COLUMNS) + len(ratios_of))]
     for model, cells in rows.items():
-        ratios = [step_ratio(cells, "ours compiled", other)
-                  for other in ("pyro eager", "numpyro jit")]
+        ratios = [step_ratio(cells, ours, other) for ours, other in ratios_of]
         lines.append(f"| {model} | " + " | ".join(summarize(cells.get(c)) for c in COLUMNS)
                      + " | " + " | ".join(ratios) + " |")
     meta = {p: data["meta"] for p, data in parts.items()}
@@ -322,6 +324,7 @@ def report(opts) -> None:
 
 
 def step_ratio(cells: dict, ours: str, other: str) -> str:
+    """µs per step of ``ours`` ÷ ``other`` ("-" where either has none)."""
     a, b = cells.get(ours) or {}, cells.get(other) or {}
     if "step_s" not in a or "step_s" not in b:
         return "-"
