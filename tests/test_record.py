@@ -15,7 +15,7 @@ from svi_runs import compiled_step
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import pyro_svi_ext
-from pyro_svi_ext.compile import step as step_module
+from pyro_svi_ext.compile import tracer as step_module
 from pyro_svi_ext.compile.record import record
 from pyro_svi_ext.compile.tracing import Untraceable
 

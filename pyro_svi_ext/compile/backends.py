@@ -15,7 +15,12 @@ import torch
 
 from pyro_svi_ext.compile.cuda_graphs import replayed_as_cuda_graph
 from pyro_svi_ext.compile.environment import environment_kept
-from pyro_svi_ext.compile.graph_passes import copy_graph, fewer_ops, without_values
+from pyro_svi_ext.compile.graph_passes import (
+    copy_graph,
+    fewer_ops,
+    without_bool_lists,
+    without_values,
+)
 from pyro_svi_ext.compile.matmul_choices import cpu_matmul_choices
 
 
@@ -52,7 +57,7 @@ def _torchscript(gm, example_inputs, jit_options: dict | None = None):
     inputs = [t.detach().clone() for t in example_inputs]  # tracing runs the graph once
     with warnings.catch_warnings(), torch.random.fork_rng(), torch.no_grad():
         warnings.simplefilter("ignore")
-        return Unoptimized(torch.jit.trace(fewer_ops(gm), inputs,
+        return Unoptimized(torch.jit.trace(without_bool_lists(fewer_ops(gm)), inputs,
                                            **{"check_trace": False, **(jit_options or {})}))
 
 

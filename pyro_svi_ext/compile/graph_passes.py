@@ -78,6 +78,27 @@ def fewer_ops(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(work, work.graph)
 
 
+def without_bool_lists(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``gm`` (in place) with each op that takes a fixed-size list of bools (the
+    ``output_mask`` of ``native_batch_norm_backward``, ``native_layer_norm_backward``,
+    ``native_group_norm_backward``) replaced by torch's decomposition of it into plain
+    ops: TorchScript's tracer cannot record such an argument ("Found an unsupported
+    argument type"), so any step through a BatchNorm or LayerNorm had no TorchScript
+    graph."""
+    from torch._decomp import decomposition_table
+
+    changed = False
+    for node in gm.graph.nodes:
+        schema = _schema(node)
+        if schema is not None and any(str(a.type) == "List[bool]" for a in schema.arguments):
+            decomposed = decomposition_table.get(node.target)
+            if decomposed is not None:
+                node.target, changed = decomposed, True
+    if changed:
+        gm.recompile()
+    return gm
+
+
 def without_values(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``gm`` with no recorded tensor in its nodes' metadata (in place): a graph kept
     for the run does not hold the trace's tensors, and inductor propagates its own fake
@@ -117,7 +138,7 @@ def _schema(node_or_op):
     return getattr(op, "_schema", None)
 
 
-def _is_random(node: torch.fx.Node) -> bool:
+def is_random(node: torch.fx.Node) -> bool:
     tags = getattr(node.target, "tags", ())
     return torch.Tag.nondeterministic_seeded in tags
 
@@ -198,7 +219,7 @@ def _fold_constants(gm: torch.fx.GraphModule, unsafe: set) -> int:
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             values[node] = getattr(gm, node.target)
-        elif (node.op == "call_function" and node not in unsafe and not _is_random(node)
+        elif (node.op == "call_function" and node not in unsafe and not is_random(node)
               and isinstance(node.target, torch._ops.OpOverload)
               and _schema(node).name.split("::")[-1] not in _NO_FOLD
               and all(a in values for a in node.all_input_nodes)):
@@ -294,7 +315,7 @@ def _merge_common(graph: torch.fx.Graph, unsafe: set) -> None:
     earlier node."""
     seen: dict[tuple, torch.fx.Node] = {}
     for node in list(graph.nodes):
-        if node.op != "call_function" or node in unsafe or _is_random(node):
+        if node.op != "call_function" or node in unsafe or is_random(node):
             continue
         try:
             key = (node.target, _frozen(node.args), _frozen(node.kwargs))
@@ -336,7 +357,7 @@ def _sibling_key(node: torch.fx.Node):
     once 0-dim tensors are stacked)."""
     if node.op == "call_function" and node.target in _SUMS:
         return _sum_key(node)
-    if (node.op != "call_function" or node.kwargs or _is_random(node)
+    if (node.op != "call_function" or node.kwargs or is_random(node)
             or torch.Tag.pointwise not in getattr(node.target, "tags", ())
             or _val(node) is None):
         return None
@@ -755,7 +776,7 @@ def _readers_to_sink(members: list, order: dict, pinned: set) -> list:
         node = stack.pop()
         if node in found:
             continue
-        if node.op != "call_function" or node in pinned or _is_random(node):
+        if node.op != "call_function" or node in pinned or is_random(node):
             return []
         found.add(node)
         stack.extend(u for u in node.users if order[u] < limit)
@@ -797,7 +818,7 @@ def _hoist_inputs(members: list, first_reader: torch.fx.Node, order: dict,
         if node in need:
             continue
         if (node in readers or node.op not in ("call_function", "get_attr") or node in unsafe
-                or (node.op == "call_function" and (_is_random(node) or _is_mutating(node)))):
+                or (node.op == "call_function" and (is_random(node) or _is_mutating(node)))):
             return False
         need.add(node)
         stack.extend(a for a in node.all_input_nodes if order[a] >= limit)

@@ -2,10 +2,12 @@
 cache of graphs by key (the last one checked first), and the sentence that says what
 changed when a call does not match.
 
-A key holds each param's, side-state tensor's and tensor argument's (shape, dtype,
-device), the non-tensor arguments' reprs, the keyword arguments and the optimizer
-layout. The site names of the model are checked when a graph is first verified, not on
-every call.
+A key holds each param's (shape, dtype, device, requires_grad), each side-state
+tensor's and tensor argument's (shape, dtype, device), the non-tensor arguments' reprs,
+the keyword arguments, the state of the modules the step runs (training flags, buffer
+signatures: :mod:`.module_state`), the global state a trace reads (grad mode, default
+dtype, Pyro's validation flag) and the optimizer layout, last. The site names of the
+model are checked when a graph is first verified, not on every call.
 """
 
 from __future__ import annotations
@@ -14,17 +16,33 @@ import operator
 from collections import OrderedDict
 
 import torch
+from pyro.poutine.util import is_validation_enabled
 
 #: ``t -> (t.shape, t.dtype, t.device)``, what the guard compares per tensor
 signature = operator.attrgetter("shape", "dtype", "device")
 
 
-def step_key(params: list, side: list, args: tuple, kwargs: dict, plan) -> tuple:
-    """What a graph is valid for (see the module docstring)."""
-    return (tuple(map(signature, params)), tuple(map(signature, side)),
+def param_signature(p: torch.Tensor) -> tuple:
+    """A param's signature: also whether it is trained, and for a frozen one whether it
+    has a gradient tensor (zeros since the last step: the optimizer still moves it by
+    its momentum, as in Pyro) or none (the optimizer skips it)."""
+    return p.shape, p.dtype, p.device, p.requires_grad or p.grad is not None
+
+
+def global_state() -> tuple:
+    """What a traced step read from global switches: grad mode, the default dtype
+    (``torch.tensor(0.5)`` in a model), Pyro's validation flag."""
+    return torch.is_grad_enabled(), torch.get_default_dtype(), is_validation_enabled()
+
+
+def step_key(params: list, side: list, args: tuple, kwargs: dict, plan,
+             state: tuple = ()) -> tuple:
+    """What a graph is valid for (see the module docstring); ``state``: the module
+    state's key and :func:`global_state`."""
+    return (tuple(map(param_signature, params)), tuple(map(signature, side)),
             tuple(signature(a) if isinstance(a, torch.Tensor) else ("value", repr(a))
                   for a in args),
-            repr(sorted(kwargs.items())) if kwargs else "",
+            repr(sorted(kwargs.items())) if kwargs else "", state,
             None if plan is None else plan.key)
 
 
@@ -71,11 +89,15 @@ class GraphCache:
         return next(reversed(self.graphs))
 
 
+_GLOBALS = ("grad mode", "the default dtype", "Pyro's validation flag")
+
+
 def describe_change(old: tuple, new: tuple, param_names: list[str],
-                    side_names: list[str]) -> str:
+                    side_names: list[str], module_names: list[str] = (),
+                    buffer_names: list[str] = ()) -> str:
     """The first difference between two keys, in words."""
-    old_params, old_side, old_args, old_kwargs, _ = old
-    new_params, new_side, new_args, new_kwargs, _ = new
+    old_params, old_side, old_args, old_kwargs, old_state, _ = old
+    new_params, new_side, new_args, new_kwargs, new_state, _ = new
     for what, names, before, after in (("param", param_names, old_params, new_params),
                                        ("param", side_names, old_side, new_side),
                                        ("argument", None, old_args, new_args)):
@@ -88,11 +110,31 @@ def describe_change(old: tuple, new: tuple, param_names: list[str],
             return f"number of {what}s changed from {len(before)} to {len(after)}"
     if old_kwargs != new_kwargs:
         return f"keyword arguments changed from {old_kwargs} to {new_kwargs}"
+    if old_state != new_state:
+        return _state_change(old_state, new_state, module_names, buffer_names)
     return "the optimizer's hyper-parameters or state layout changed"
+
+
+def _state_change(old: tuple, new: tuple, module_names, buffer_names) -> str:
+    (old_flags, old_buffers), old_globals = old
+    (new_flags, new_buffers), new_globals = new
+    if len(old_flags) != len(new_flags):
+        return "the step runs other modules than when it was compiled"
+    for name, a, b in zip(module_names, old_flags, new_flags, strict=False):
+        if a != b:
+            return f"module {name} was switched to {'train' if b else 'eval'} mode"
+    for name, a, b in zip(buffer_names, old_buffers, new_buffers, strict=False):
+        if a != b:
+            return f"buffer {name} changed from {_show(a)} to {_show(b)}"
+    for name, a, b in zip(_GLOBALS, old_globals, new_globals, strict=True):
+        if a != b:
+            return f"{name} changed from {a} to {b}"
+    return "the modules' state changed"
 
 
 def _show(sig: tuple) -> str:
     if sig[0] == "value":
         return sig[1]
-    shape, dtype, device = sig
-    return f"({tuple(shape)}, {dtype}, {device})"
+    shape, dtype, device, *grad = sig
+    trained = "" if not grad else (", trained" if grad[0] else ", frozen")
+    return f"({tuple(shape)}, {dtype}, {device}{trained})"

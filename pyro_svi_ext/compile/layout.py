@@ -3,19 +3,23 @@
 Inputs, in order: the params (unconstrained tensors), the optimizer's state tensors (the
 first ``n_written`` are rewritten by the update; the rest are learning rates, read
 only unless ClippedAdam decays them), the side state (param-store entries the estimator
-rewrites outside the optimizer, e.g. decaying averages), the tensor arguments.
+rewrites outside the optimizer, e.g. decaying averages), the tensor arguments, the
+buffers of the modules the step runs (:mod:`.module_state`).
 
 Traced outputs: the loss, one gradient per param, then the new values of everything
-written: params and written optimizer state (for a whole SVI step), side state.
+written: params and written optimizer state (for a whole SVI step), side state, buffers.
+A production graph (:func:`writing_in_place`) also returns each random draw that nothing
+reads, so no backend drops a draw the eager step makes.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 
-from pyro_svi_ext.compile.graph_passes import lazy_module
+from pyro_svi_ext.compile.graph_passes import is_random, lazy_module
 
 
 @dataclass(frozen=True)
@@ -28,26 +32,34 @@ class StepLayout:
     arg_slots: tuple[int, ...]
     #: whether the optimizer's update is part of the graph
     whole_step: bool
+    #: buffers of the modules the step runs (inputs written in place)
+    n_buffers: int = 0
 
     @classmethod
-    def of(cls, n_params: int, plan, n_side: int, args: tuple) -> StepLayout:
+    def of(cls, n_params: int, plan, n_side: int, args: tuple,
+           n_buffers: int = 0) -> StepLayout:
         """The layout for ``n_params`` params, an optimizer plan (None: gradients only),
-        ``n_side`` side-state tensors and the call's ``args``."""
+        ``n_side`` side-state tensors, the call's ``args`` and ``n_buffers`` module
+        buffers."""
         slots = tuple(i for i, a in enumerate(args) if torch.is_tensor(a))
         if plan is None:
-            return cls(n_params, 0, 0, n_side, slots, False)
-        return cls(n_params, len(plan.inputs), len(plan.written), n_side, slots, True)
+            return cls(n_params, 0, 0, n_side, slots, False, n_buffers)
+        return cls(n_params, len(plan.inputs), len(plan.written), n_side, slots, True,
+                   n_buffers)
 
     # --- inputs ---------------------------------------------------------------------------
-    def inputs(self, params: list, state: list, side: list, args: tuple) -> list:
-        return [*params, *state, *side, *[args[i] for i in self.arg_slots]]
+    def inputs(self, params: list, state: list, side: list, args: tuple,
+               buffers: list = ()) -> list:
+        return [*params, *state, *side, *[args[i] for i in self.arg_slots], *buffers]
 
-    def split_inputs(self, flat: tuple) -> tuple[list, list, list, list]:
-        """``(params, optimizer state, side state, tensor arguments)``."""
+    def split_inputs(self, flat: tuple) -> tuple[list, list, list, list, list]:
+        """``(params, optimizer state, side state, tensor arguments, buffers)``."""
         a = self.n_params
         b = a + self.n_state
         c = b + self.n_side
-        return list(flat[:a]), list(flat[a:b]), list(flat[b:c]), list(flat[c:])
+        d = c + len(self.arg_slots)
+        return (list(flat[:a]), list(flat[a:b]), list(flat[b:c]), list(flat[c:d]),
+                list(flat[d:]))
 
     def call_args(self, args: tuple, tensors: list) -> tuple:
         """``args`` with the traced tensors in their slots."""
@@ -61,9 +73,11 @@ class StepLayout:
         """Input positions the production graph writes in place, in the order of the
         traced outputs' new values."""
         side = range(self.n_params + self.n_state, self.n_params + self.n_state + self.n_side)
+        first_buffer = self.n_params + self.n_state + self.n_side + len(self.arg_slots)
+        buffers = range(first_buffer, first_buffer + self.n_buffers)
         if not self.whole_step:
-            return list(side)
-        return [*range(self.n_params + self.n_written), *side]
+            return [*side, *buffers]
+        return [*range(self.n_params + self.n_written), *side, *buffers]
 
     # --- outputs --------------------------------------------------------------------------
     @property
@@ -79,16 +93,20 @@ class StepLayout:
 
 def writing_in_place(gm: torch.fx.GraphModule, layout: StepLayout) -> torch.fx.GraphModule:
     """The production graph of a traced one: each new value copied into its input
-    (``aten.copy_``), only the first ``layout.kept`` outputs returned."""
-    targets = layout.written_inputs
-    if not targets:
-        return gm
+    (``aten.copy_``; none where the new value is the input itself, e.g. a buffer only
+    read), the first ``layout.kept`` outputs returned, then every random draw no node
+    reads (TorchScript's dead-code pass drops those, and the global generator would
+    then stand elsewhere after the step than after the eager one)."""
     graph = torch.fx.Graph()
     outputs = graph.graph_copy(gm.graph, {})
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     new_values = outputs[1 + layout.n_params:]
-    for at, value in zip(targets, new_values, strict=True):
-        graph.call_function(torch.ops.aten.copy_.default, (placeholders[at], value))
-    graph.output(tuple(outputs[:layout.kept]))
+    for at, value in zip(layout.written_inputs, new_values, strict=True):
+        if value is not placeholders[at]:
+            graph.call_function(torch.ops.aten.copy_.default, (placeholders[at], value))
+    unread_draws = [n if isinstance(n.meta.get("val"), torch.Tensor) else
+                    graph.call_function(operator.getitem, (n, 0))  # (values, mask), say
+                    for n in list(graph.nodes) if is_random(n) and not n.users]
+    graph.output(tuple(outputs[:layout.kept]) + tuple(unread_draws))
     graph.eliminate_dead_code()
     return lazy_module(gm, graph)
