@@ -38,3 +38,17 @@ class DeviceMismatchError(RuntimeError, ValueError):
     the reverse). Raised in place of torch's own ``RuntimeError``, naming the run (model
     or guide), the last sample site it reached, and where the params and the arguments
     of the step are; a ``RuntimeError`` as torch's, and a ``ValueError`` (bad input)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file could not be used: missing, unreadable, truncated, not a
+    pyro_svi_ext checkpoint, from a newer format, or holding objects other than tensors
+    and plain data (a pickle that could run code is refused, never loaded). The message
+    names the path. Nothing was changed."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint of another model or setup: names the first difference (a param's
+    name, shape, dtype or constraint, a network's parameters or buffers, the optimizer,
+    the number of processes). Refused before anything changed (after a load into an
+    empty param store, at the first step, which then puts back what the load set)."""

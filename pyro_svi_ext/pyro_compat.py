@@ -10,6 +10,7 @@ Where Pyro has public API for a need, the package uses that instead (e.g.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -99,7 +100,29 @@ def store_serving(names: list[str], values: list[torch.Tensor]) -> Iterator[dict
         store._param_to_name.update(saved_names)
 
 
+def store_constraints() -> dict:
+    """The param store's constraint of each param by name (the live dict: no copy)."""
+    return pyro.get_param_store()._constraints
+
+
 # --- pyro.module and PyroModule ---------------------------------------------------------------
+#: what ``pyro.module(name, net)`` puts between ``name`` and each parameter's path in the
+#: param store (``"net$$$fc.weight"``)
+MODULE_DIVIDER = pyro.params.param_store._MODULE_NAMESPACE_DIVIDER
+
+
+def module_being_registered() -> torch.nn.Module | None:
+    """The network whose parameters ``pyro.module`` is registering, read from its frame
+    (for a handler of the ``param`` messages it sends); None outside ``pyro.module``."""
+    code = pyro.primitives.module.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return frame.f_locals.get("nn_module")
+        frame = frame.f_back
+    return None
+
+
 @contextmanager
 def modules_read_from_store() -> Iterator[None]:
     """``pyro.module`` registers with ``update_module_params=True`` (networks compute with
@@ -157,6 +180,12 @@ def per_param_optimizers(optim: pyro.optim.PyroOptim) -> dict:
     return optim.optim_objs
 
 
+def pending_optim_states(optim: pyro.optim.PyroOptim) -> dict:
+    """State given by ``set_state`` for params without an optimizer yet, by param name,
+    consumed at each one's first step (the live dict)."""
+    return optim._state_waiting_to_be_consumed
+
+
 def clip_args(optim: pyro.optim.PyroOptim, param: torch.Tensor):
     """The gradient clipping of ``param`` (a callable; None when it has none)."""
     return optim.grad_clip.get(param)
@@ -187,6 +216,7 @@ def _probe_store() -> None:
     with store_serving(["a"], [torch.zeros(2)]):
         assert float(pyro.param("a").detach().sum()) == 0.0
     assert float(pyro.param("a").detach().sum()) == 2.0
+    assert store_constraints()["a"] is pyro.distributions.constraints.real
 
 
 def _probe_modules() -> None:
@@ -196,7 +226,17 @@ def _probe_modules() -> None:
     pyro.clear_param_store()
     with modules_read_from_store():
         pyro.module("net", torch.nn.Linear(2, 1))
-    assert "net$$$weight" in store_tensors()
+    assert f"net{MODULE_DIVIDER}weight" in store_tensors()
+    seen: list = []
+
+    class Watch(pyro.poutine.messenger.Messenger):
+        def _pyro_param(self, msg):
+            seen.append(module_being_registered())
+
+    net = torch.nn.Linear(2, 1)
+    with Watch():
+        pyro.module("watched", net)
+    assert seen and all(found is net for found in seen)
 
     class Scaled(PyroModule):
         def __init__(self):
@@ -221,6 +261,8 @@ def _probe_optimizers() -> None:
     optim([p])
     assert optim_constructor(optim) is torch.optim.Adam
     assert p in per_param_optimizers(optim)
+    optim.set_state({"later": {"state": {}, "param_groups": []}})
+    assert "later" in pending_optim_states(optim)
     assert callable(clip_args(optim, p))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import time
 
@@ -15,6 +16,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 import pyro_svi_ext as ext
+from pyro_svi_ext.errors import CheckpointError
 from pyro_svi_ext.infer.distributed import DistributedSVI
 
 N, D, K = 64, 3, 2
@@ -244,7 +246,8 @@ def scenario_uneven(cls):
 
 
 def scenario_checkpoint(cls, path):
-    """10 steps straight, against 5 steps, save, a fresh store and optimizer, load, 5."""
+    """10 steps straight, against 5 steps, save, a fresh store, optimizer and random
+    state (another on each rank), load, 5; then a planted pickle at the path."""
     x, y = data()
     straight = run_fit(ext.Trace_ELBO(), blr, AutoNormal(blr), (x, y), 10, cls, exact_draws=True)
     pyro.clear_param_store()
@@ -254,14 +257,34 @@ def scenario_checkpoint(cls, path):
     for _ in range(5):
         svi.step(x, y)
     svi.save(path)
-    rng = torch.get_rng_state()
     pyro.clear_param_store()
+    pyro.set_rng_seed(1000 + int(os.environ.get("RANK", 0)))  # the checkpoint's, next
     svi = cls(blr, guide, pyro.optim.Adam({"lr": 0.05}), ext.Trace_ELBO(), exact_draws=True)
     svi.load(path)
-    torch.set_rng_state(rng)
+    steps = svi.step_count
     losses = [svi.step(x, y) for _ in range(5)]
     params = {k: v.detach().tolist() for k, v in pyro.get_param_store().items()}
-    return {"straight": straight, "resumed": {"losses": losses, "params": params}}
+    marker = path + ".ran"
+    if int(os.environ.get("RANK", 0)) == 0:
+        with open(path, "wb") as f:
+            pickle.dump({"x": Planted(marker)}, f, protocol=2)
+    try:
+        svi.load(path)
+        refused = None
+    except CheckpointError as err:
+        refused = str(err)
+    return {"straight": straight, "resumed": {"losses": losses, "params": params},
+            "steps": steps, "refused": refused, "ran": os.path.exists(marker)}
+
+
+class Planted:
+    """A pickle that would create a marker file when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
 def scenario_collectives(cls):

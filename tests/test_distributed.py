@@ -196,11 +196,15 @@ def test_a_plate_the_world_does_not_divide_is_refused_on_every_rank(tmp_path):
 
 
 def test_checkpoint_on_rank_0_resumes_every_rank(tmp_path):
+    """Every rank gets its own random state and the step count back; a planted pickle
+    at the path is refused on every rank and runs nothing."""
     results, codes = launch("checkpoint", tmp_path)
     assert codes == [0, 0]
     for result in results:
         assert result["resumed"]["losses"] == result["straight"]["losses"][5:]
         assert result["resumed"]["params"] == result["straight"]["params"]
+        assert result["steps"] == 5
+        assert "refused" in result["refused"] and not result["ran"]
 
 
 # --- a world of one (plain `python script.py`) ----------------------------------------------

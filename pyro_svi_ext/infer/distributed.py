@@ -9,6 +9,7 @@ one change to a script is ``SVI(...)`` → ``DistributedSVI(...)``. Run with pla
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import pyro
@@ -16,8 +17,9 @@ import pyro.optim
 import torch
 
 from pyro_svi_ext import validation
-from pyro_svi_ext.errors import DistributedStepError, NonFiniteLossError
+from pyro_svi_ext.errors import CheckpointError, DistributedStepError, NonFiniteLossError
 from pyro_svi_ext.estimators.tracegraph_elbo import AVG_BASELINE_PREFIX
+from pyro_svi_ext.infer.checkpoint_file import random_state, read, write_atomically
 from pyro_svi_ext.infer.collectives import Group, layout_hash, write_back
 from pyro_svi_ext.infer.svi import SVI
 from pyro_svi_ext.pyro_compat import store_tensors
@@ -88,6 +90,7 @@ class DistributedSVI(SVI):
         self.plate: str | None = None
         self._steps = 0
         self._aligned = False  # step 1 found different params on the ranks
+        self._rng_loaded = False  # a checkpoint gave each rank its own random stream
         #: the agreed params' layout and the payload's (shape, dtype, device), from the
         #: last exchanged step (None before the first)
         self._layout: list | None = None
@@ -100,7 +103,7 @@ class DistributedSVI(SVI):
         """One data-parallel step (every rank must call it); the global loss."""
         if self._steps == 0:
             self.sharding.discover()
-        value = self._step(args, kwargs, whole=False)
+        value = self._counted_step(args, kwargs, whole=False)
         self._steps += 1
         return value
 
@@ -256,7 +259,7 @@ class DistributedSVI(SVI):
         self.plate = self.sharding.shard(self.plate_option, self.exact_draws,
                                          self.split_args)
         self._aligned = self.comm.broadcast_(params)
-        if not self.exact_draws and self.rank:
+        if not self.exact_draws and self.rank and not self._rng_loaded:
             torch.manual_seed(torch.initial_seed() + SEED_STRIDE * self.rank)
 
     def _raise_mismatch(self, layout, what, first=None, theirs=None, rank=None, every=None):
@@ -287,23 +290,42 @@ class DistributedSVI(SVI):
         self.comm.sum_([total])
         return total.item() / self.world
 
-    def save(self, path: str) -> None:
-        """Rank 0 writes the param store and the optimizer state to ``path``; every
-        rank waits for it (a collective)."""
+    def save(self, path: str | os.PathLike) -> None:
+        """Rank 0 writes the checkpoint (as :meth:`SVI.save`, with every rank's random
+        states) to ``path``; a collective: every rank calls it, and every rank raises
+        if the write failed."""
+        states = self.comm.gather(random_state()) if self.world > 1 else [random_state()]
+        failure = None
         if self.rank == 0:
-            torch.save({"params": pyro.get_param_store().get_state(),
-                        "optim": self.optim.get_state(), "steps": self._steps}, path)
+            try:
+                write_atomically(path, self._checkpoints.capture(states, self.world))
+            except Exception as err:
+                failure = err
         if self.world > 1:
-            self.comm.barrier()
+            said = self.comm.broadcast_object(None if failure is None else str(failure))
+            if said is not None and failure is None:
+                raise CheckpointError(f"rank 0 could not write the checkpoint: {said}")
+        if failure is not None:
+            raise failure
 
-    def load(self, path: str) -> None:
-        """Rank 0 reads ``path`` (written by :meth:`save`) and every rank takes its
-        params and optimizer state (a collective)."""
-        state = torch.load(path, weights_only=False) if self.rank == 0 else None
+    def load(self, path: str | os.PathLike, map_location=None) -> None:
+        """Rank 0 reads ``path`` (written by :meth:`save`, safely: see
+        :meth:`SVI.load`), and every rank takes the checkpoint with its own random
+        states (a collective; every rank raises alike when it cannot be used). Loaded
+        into a new DistributedSVI, the first step is again the unsharded one that finds
+        the data plate; with ``exact_draws`` the run goes on as it would have."""
+        data = None
+        if self.rank == 0:
+            try:
+                data = read(path, map_location)
+            except CheckpointError as err:
+                data = {"error": str(err)}
         if self.world > 1:
-            state = self.comm.broadcast_object(state)
-        pyro.get_param_store().set_state(state["params"])
-        self.optim.set_state(state["optim"])
+            data = self.comm.broadcast_object(data)
+        if "error" in data:
+            raise CheckpointError(data["error"])
+        self._checkpoints.load(data, str(path), self.rank, self.world, map_location)
+        self._rng_loaded = True
 
 
 def _flatten(structure) -> list:

@@ -4,6 +4,7 @@ ELBO-like object or callable loss), with Pyro optimizers."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -16,6 +17,8 @@ from pyro_svi_ext import validation
 from pyro_svi_ext.compile.environment import import_dynamo_keeping_the_environment
 from pyro_svi_ext.errors import NonFiniteLossError, NonFiniteLossWarning
 from pyro_svi_ext.estimators.base import ELBO
+from pyro_svi_ext.infer import checkpoint_file
+from pyro_svi_ext.infer.checkpoint import Checkpoints
 from pyro_svi_ext.infer.fit import Convergence, LossHistory, train
 from pyro_svi_ext.infer.optim_step import FusedStep
 from pyro_svi_ext.infer.trace_posterior import TracePosterior
@@ -103,6 +106,9 @@ class SVI(TracePosterior):
         self.stop_reason: str | None = None
         #: the losses of the last :meth:`fit` or :meth:`run`
         self.losses = LossHistory()
+        #: steps taken (restored by :meth:`load`)
+        self.step_count = 0
+        self._checkpoints = Checkpoints(self)
         self.loss_fn = loss
         self.model = model
         self.guide = guide
@@ -139,7 +145,19 @@ class SVI(TracePosterior):
     def step(self, *args, **kwargs) -> float:
         """One gradient step; returns the loss estimate (float) before the step. A
         non-finite loss follows the ``nonfinite`` policy (see the class)."""
-        return self._step(args, kwargs, whole=self._stepper is not None)
+        return self._counted_step(args, kwargs, whole=self._stepper is not None)
+
+    def _counted_step(self, args: tuple, kwargs: dict, whole: bool) -> float:
+        """:meth:`_step`, counted in ``step_count``; under the checkpoints' watcher when
+        the param store changed since its last look (networks registered with
+        ``pyro.module`` are seen there) or a loaded checkpoint waits for a step."""
+        checkpoints = self._checkpoints
+        if checkpoints.watching():
+            value = checkpoints.watched(self._step, args, kwargs, whole)
+        else:
+            value = self._step(args, kwargs, whole)
+        self.step_count += 1
+        return value
 
     def _step(self, args: tuple, kwargs: dict, whole: bool) -> float:
         if self.nonfinite is None and not isinstance(self.loss_fn, ELBO):
@@ -222,11 +240,12 @@ class SVI(TracePosterior):
         waiting for the device; the non-finite check is then yours (a step whose loss
         is not finite changes no param or optimizer tensor). Otherwise this is
         ``torch.tensor(step(...))``."""
-        if self._stepper is not None:
+        if self._stepper is not None and not self._checkpoints.watching():
             value = self._stepper.whole_step(self.optim, args, kwargs, lazy=True)
             if value is not None:
+                self.step_count += 1
                 return value
-        return torch.tensor(self._step(args, kwargs, whole=False))
+        return torch.tensor(self._counted_step(args, kwargs, whole=False))
 
     def evaluate_loss(self, *args, **kwargs) -> float:
         """The loss estimate without gradients (float)."""
@@ -235,6 +254,7 @@ class SVI(TracePosterior):
 
     def fit(self, num_steps: int, *args, progress_bar: bool | None = None,
             callbacks: Sequence[Callable] = (), convergence: Convergence | None = None,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100,
             **kwargs) -> LossHistory:
         """Take up to ``num_steps`` steps with ``(*args, **kwargs)``; returns the losses
         (a :class:`~pyro_svi_ext.infer.fit.LossHistory`, also kept as ``svi.losses``).
@@ -245,14 +265,42 @@ class SVI(TracePosterior):
             True ends training.
         :param convergence: a :class:`~pyro_svi_ext.infer.fit.Convergence` (relative
             change of the windowed mean loss) that ends training once reached.
+        :param checkpoint: a file to :meth:`save` to every ``checkpoint_every`` steps and
+            when the fit ends. If it exists, the fit first resumes from it (one ``INFO``
+            log record of ``pyro_svi_ext.infer.fit`` says so): ``num_steps`` stays the
+            total, and the losses returned include the restored ones (so ``convergence``
+            sees the whole run); a run that had ended (converged, stopped) returns at once.
 
         ``ValueError`` for a negative or non-integer ``num_steps``. Training also ends
         on a non-finite loss under ``nonfinite="stop"``; ``losses.stop_reason`` says why
         it ended early."""
         self.stop_reason = None
         self.losses = train(self, num_steps, args, kwargs, progress_bar, callbacks,
-                            convergence)
+                            convergence, checkpoint, checkpoint_every)
         return self.losses
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a checkpoint of this SVI to ``path`` (see
+        :mod:`pyro_svi_ext.infer.checkpoint`: params, networks' buffers, optimizer
+        state, step count, random states, loss history, ...). Written to a temporary
+        file in the same directory, fsynced, then renamed over ``path``: a kill leaves
+        the previous checkpoint or the new one."""
+        checkpoint_file.write_atomically(path, self._checkpoints.capture())
+
+    def load(self, path: str | os.PathLike, map_location=None) -> None:
+        """Resume from the checkpoint at ``path`` (written by :meth:`save`): the next
+        step is the one the saved run would have taken next, bit for bit.
+
+        Read with ``torch.load(weights_only=True)`` (never runs code from the file);
+        tensors go to the device they were saved on, or where ``map_location`` puts
+        them (CUDA random states are then not restored).
+        :class:`~pyro_svi_ext.errors.CheckpointError` (naming the path) for a missing,
+        corrupt or foreign file, :class:`~pyro_svi_ext.errors.CheckpointMismatchError`
+        for a checkpoint of another model (the first difference named); either way
+        nothing changed. Into an empty param store, the next step binds the networks
+        and checks the params the model asks for (see the module)."""
+        data = checkpoint_file.read(path, map_location)
+        self._checkpoints.load(data, str(path), map_location=map_location)
 
     def run(self, *args, **kwargs) -> SVI:
         """Take ``num_steps`` steps (a progress bar on a terminal; losses kept in
