@@ -29,21 +29,44 @@ def param_signature(p: torch.Tensor) -> tuple:
     return p.shape, p.dtype, p.device, p.requires_grad or p.grad is not None
 
 
+#: leaves keyed by their value
+_VALUE_TYPES = (int, bool, str, bytes, complex, type(None), type(Ellipsis))
+
+
+def leaf_key(leaf, by_value: bool) -> tuple:
+    """An argument leaf's part of the key (:mod:`.arguments`): a tensor's signature; a
+    float as a float (its value only when ``by_value``); a simple value by value; any
+    other object by identity (a numpy array's ``repr`` is a summary)."""
+    if isinstance(leaf, torch.Tensor):
+        return signature(leaf)
+    if type(leaf) is float:
+        return ("value", repr(leaf)) if by_value else ("float", "a float")
+    if isinstance(leaf, _VALUE_TYPES):
+        return ("value", repr(leaf))
+    return ("object", type(leaf).__name__, id(leaf))
+
+
+def spec_key(spec) -> str:
+    """The arguments' structure (None: positional arguments, no containers)."""
+    return "" if spec is None else str(spec)
+
+
 def global_state() -> tuple:
     """What a traced step read from global switches: grad mode, the default dtype
     (``torch.tensor(0.5)`` in a model), Pyro's validation flag."""
     return torch.is_grad_enabled(), torch.get_default_dtype(), is_validation_enabled()
 
 
-def step_key(params: list, side: list, args: tuple, kwargs: dict, plan,
-             state: tuple = ()) -> tuple:
-    """What a graph is valid for (see the module docstring); ``state``: the module
-    state's key and :func:`global_state`."""
+def step_key(params: list, side: list, leaves: list, spec, plan, state: tuple = (),
+             valued_floats: set = frozenset()) -> tuple:
+    """What a graph is valid for (see the module docstring): ``leaves`` and ``spec``
+    are the call's arguments (:func:`.arguments.flatten`), ``state`` the module state's
+    key and :func:`global_state`, ``valued_floats`` the leaf positions of float
+    arguments keyed by value."""
     return (tuple(map(param_signature, params)), tuple(map(signature, side)),
-            tuple(signature(a) if isinstance(a, torch.Tensor) else ("value", repr(a))
-                  for a in args),
-            repr(sorted(kwargs.items())) if kwargs else "", state,
-            None if plan is None else plan.key)
+            tuple(signature(a) if isinstance(a, torch.Tensor) else
+                  leaf_key(a, i in valued_floats) for i, a in enumerate(leaves)),
+            spec_key(spec), state, None if plan is None else plan.key)
 
 
 class GraphCache:
@@ -88,28 +111,37 @@ class GraphCache:
     def newest_key(self):
         return next(reversed(self.graphs))
 
+    def rekey(self, old, new) -> None:
+        """The graph under ``old`` (if any) is kept under ``new`` instead."""
+        if old in self.graphs:
+            self.graphs[new] = self.graphs.pop(old)
+            self._last = (new, self.graphs[new])
+
 
 _GLOBALS = ("grad mode", "the default dtype", "Pyro's validation flag")
 
 
 def describe_change(old: tuple, new: tuple, param_names: list[str],
                     side_names: list[str], module_names: list[str] = (),
-                    buffer_names: list[str] = ()) -> str:
+                    buffer_names: list[str] = (), argument_names: list[str] = ()) -> str:
     """The first difference between two keys, in words."""
     old_params, old_side, old_args, old_kwargs, old_state, _ = old
     new_params, new_side, new_args, new_kwargs, new_state, _ = new
     for what, names, before, after in (("param", param_names, old_params, new_params),
                                        ("param", side_names, old_side, new_side),
-                                       ("argument", None, old_args, new_args)):
+                                       ("", argument_names, old_args, new_args)):
         for i, (a, b) in enumerate(zip(before, after, strict=False)):
             if a != b:
-                name = names[i] if names is not None else f"#{i}"
+                name = names[i] if i < len(names) else f"argument {i}"
+                if a[0] == "float" and b[0] == "value":
+                    return (f"float {name} is keyed by its value from now on ({b[1]}): the "
+                            "model compares it or reads it as a plain number")
                 return (f"{what} {name} changed from {_show(a)} to {_show(b)} since the "
-                        "step was compiled")
+                        "step was compiled").lstrip()
         if len(before) != len(after):
-            return f"number of {what}s changed from {len(before)} to {len(after)}"
+            return f"number of {what or 'argument'}s changed from {len(before)} to {len(after)}"
     if old_kwargs != new_kwargs:
-        return f"keyword arguments changed from {old_kwargs} to {new_kwargs}"
+        return f"the arguments' structure changed from {old_kwargs} to {new_kwargs}"
     if old_state != new_state:
         return _state_change(old_state, new_state, module_names, buffer_names)
     return "the optimizer's hyper-parameters or state layout changed"
@@ -133,8 +165,10 @@ def _state_change(old: tuple, new: tuple, module_names, buffer_names) -> str:
 
 
 def _show(sig: tuple) -> str:
-    if sig[0] == "value":
+    if sig[0] in ("value", "float"):
         return sig[1]
+    if sig[0] == "object":
+        return f"a {sig[1]} object (id {sig[2]})"
     shape, dtype, device, *grad = sig
     trained = "" if not grad else (", trained" if grad[0] else ", frozen")
     return f"({tuple(shape)}, {dtype}, {device}{trained})"

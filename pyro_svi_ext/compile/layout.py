@@ -3,8 +3,9 @@
 Inputs, in order: the params (unconstrained tensors), the optimizer's state tensors (the
 first ``n_written`` are rewritten by the update; the rest are learning rates, read
 only unless ClippedAdam decays them), the side state (param-store entries the estimator
-rewrites outside the optimizer, e.g. decaying averages), the tensor arguments, the
-buffers of the modules the step runs (:mod:`.module_state`).
+rewrites outside the optimizer, e.g. decaying averages), the tensor arguments (the
+tensor leaves of ``(args, kwargs)``: :mod:`.arguments`), the float arguments (0-dim
+float64 tensors), the buffers of the modules the step runs (:mod:`.module_state`).
 
 Traced outputs: the loss, one gradient per param, then the new values of everything
 written: params and written optimizer state (for a whole SVI step), side state, buffers.
@@ -28,52 +29,63 @@ class StepLayout:
     n_state: int
     n_written: int
     n_side: int
-    #: positions in ``args`` of the tensor arguments (the others are constants)
+    #: positions among the arguments' leaves of the tensor arguments (the other leaves
+    #: are constants of the graph, and part of its key)
     arg_slots: tuple[int, ...]
     #: whether the optimizer's update is part of the graph
     whole_step: bool
     #: buffers of the modules the step runs (inputs written in place)
     n_buffers: int = 0
+    #: positions among the leaves of the float arguments given as inputs
+    float_slots: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, n_params: int, plan, n_side: int, args: tuple,
-           n_buffers: int = 0) -> StepLayout:
+    def of(cls, n_params: int, plan, n_side: int, leaves: list, n_buffers: int = 0,
+           float_slots: tuple[int, ...] = ()) -> StepLayout:
         """The layout for ``n_params`` params, an optimizer plan (None: gradients only),
-        ``n_side`` side-state tensors, the call's ``args`` and ``n_buffers`` module
-        buffers."""
-        slots = tuple(i for i, a in enumerate(args) if torch.is_tensor(a))
+        ``n_side`` side-state tensors, the call's argument ``leaves``
+        (:func:`.arguments.flatten`), ``n_buffers`` module buffers and the float
+        arguments at ``float_slots``."""
+        slots = tuple(i for i, a in enumerate(leaves) if torch.is_tensor(a))
         if plan is None:
-            return cls(n_params, 0, 0, n_side, slots, False, n_buffers)
+            return cls(n_params, 0, 0, n_side, slots, False, n_buffers, float_slots)
         return cls(n_params, len(plan.inputs), len(plan.written), n_side, slots, True,
-                   n_buffers)
+                   n_buffers, float_slots)
 
     # --- inputs ---------------------------------------------------------------------------
-    def inputs(self, params: list, state: list, side: list, args: tuple,
+    def inputs(self, params: list, state: list, side: list, leaves: list,
                buffers: list = ()) -> list:
-        return [*params, *state, *side, *[args[i] for i in self.arg_slots], *buffers]
+        floats = [torch.tensor(leaves[i], dtype=torch.float64) for i in self.float_slots]
+        return [*params, *state, *side, *[leaves[i] for i in self.arg_slots], *floats,
+                *buffers]
 
-    def split_inputs(self, flat: tuple) -> tuple[list, list, list, list, list]:
-        """``(params, optimizer state, side state, tensor arguments, buffers)``."""
+    def split_inputs(self, flat: tuple) -> tuple[list, list, list, list, list, list]:
+        """``(params, optimizer state, side state, tensor arguments, float arguments,
+        buffers)``."""
         a = self.n_params
         b = a + self.n_state
         c = b + self.n_side
         d = c + len(self.arg_slots)
+        e = d + len(self.float_slots)
         return (list(flat[:a]), list(flat[a:b]), list(flat[b:c]), list(flat[c:d]),
-                list(flat[d:]))
+                list(flat[d:e]), list(flat[e:]))
 
-    def call_args(self, args: tuple, tensors: list) -> tuple:
-        """``args`` with the traced tensors in their slots."""
-        call = list(args)
+    def call_leaves(self, leaves: list, tensors: list, floats: list) -> list:
+        """``leaves`` with the traced tensors and floats in their slots."""
+        call = list(leaves)
         for slot, value in zip(self.arg_slots, tensors, strict=True):
             call[slot] = value
-        return tuple(call)
+        for slot, value in zip(self.float_slots, floats, strict=True):
+            call[slot] = value
+        return call
 
     @property
     def written_inputs(self) -> list[int]:
         """Input positions the production graph writes in place, in the order of the
         traced outputs' new values."""
         side = range(self.n_params + self.n_state, self.n_params + self.n_state + self.n_side)
-        first_buffer = self.n_params + self.n_state + self.n_side + len(self.arg_slots)
+        first_buffer = (self.n_params + self.n_state + self.n_side + len(self.arg_slots)
+                        + len(self.float_slots))
         buffers = range(first_buffer, first_buffer + self.n_buffers)
         if not self.whole_step:
             return [*side, *buffers]

@@ -33,6 +33,7 @@ import pyro
 import pyro.optim
 import torch
 
+from pyro_svi_ext.compile.arguments import flatten, leaf_names
 from pyro_svi_ext.compile.backends import AUTO_BACKENDS, Backend, get_backend
 from pyro_svi_ext.compile.guard import GraphCache, describe_change, global_state, step_key
 from pyro_svi_ext.compile.layout import StepLayout
@@ -46,7 +47,7 @@ from pyro_svi_ext.compile.swap import (
     Pending,
 )
 from pyro_svi_ext.compile.tracer import Graph, NewModules, StepTracing
-from pyro_svi_ext.compile.tracing import Untraceable
+from pyro_svi_ext.compile.tracing import NewParams, Untraceable
 from pyro_svi_ext.errors import NonFiniteLossError
 from pyro_svi_ext.protocol import StepResult
 from pyro_svi_ext.pyro_compat import store_tensors
@@ -129,6 +130,9 @@ class CompiledStep(StepTracing, BackgroundCompiles):
         self._refused: tuple | None = None  # (optim, reason) for a permanent refusal
         #: the modules the step runs (found by the eager first step and each trace)
         self.modules = ModuleState([])
+        #: positions among the arguments' leaves of float arguments keyed by value (a
+        #: trace read them as plain numbers, or a comparison on them changed side)
+        self.valued_floats: set[int] = set()
         #: what happened, for :meth:`~pyro_svi_ext.SVI.compile_report`
         self.report = CompileReport(type(elbo).__name__)
 
@@ -153,27 +157,39 @@ class CompiledStep(StepTracing, BackgroundCompiles):
         return list(self.facts.side_state) if self.facts is not None else []
 
     # --- a call: its key, its graph -----------------------------------------------------
-    def _key(self, params: list, side: list, args: tuple, kwargs: dict, plan) -> tuple:
-        return step_key(params, side, args, kwargs, plan,
-                        (self.modules.key(), global_state()))
+    def _key(self, params: list, side: list, leaves: list, spec, plan) -> tuple:
+        return step_key(params, side, leaves, spec, plan,
+                        (self.modules.key(), global_state()), self.valued_floats)
+
+    def _float_slots(self, leaves: list) -> tuple[int, ...]:
+        return tuple(i for i, a in enumerate(leaves)
+                     if type(a) is float and i not in self.valued_floats)
 
     def _run(self, params: list, side: list, args: tuple, kwargs: dict, plan):
         """The graph and its outputs for this call (compiling and verifying a new graph),
         or ``(None, None)`` when this step runs eagerly: after falling back for good
         (``dynamic_reason``), or while its graph compiles with no interim graph."""
-        key = self._key(params, side, args, kwargs, plan)
+        leaves, spec = flatten(args, kwargs)
+        key = self._key(params, side, leaves, spec, plan)
         if self.pending:  # a background compile that has ended replaces the interim graph
             pending = self.pending.get(key)
             if pending is not None and pending.job.done() and \
                     self._swap_in(key, pending) is None:
                 return None, None
         graph = self.graphs.get(key)
+        if graph is not None and graph.guards is not None and graph.guards.checks and \
+                not graph.guards.hold([leaves[i] for i in graph.layout.float_slots]):
+            # a float argument took the other side of a comparison the trace made: those
+            # arguments are keyed by value from now on
+            self.valued_floats.update(graph.layout.float_slots)
+            key = self._key(params, side, leaves, spec, plan)
+            graph = self.graphs.get(key)
         state = plan.inputs if plan is not None else []
         if graph is not None:
             grad_was = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # the graph computes its gradients itself
             try:
-                return graph, graph.run(*graph.layout.inputs(params, state, side, args,
+                return graph, graph.run(*graph.layout.inputs(params, state, side, leaves,
                                                              self.modules.buffers()))
             finally:
                 torch._C._set_grad_enabled(grad_was)
@@ -187,40 +203,54 @@ class CompiledStep(StepTracing, BackgroundCompiles):
             newest = self.graphs.newest_key() if self.graphs else next(reversed(self.pending))
             change = describe_change(newest, key, self.param_names, self.side_names,
                                      [type(m).__name__ for m in self.modules.modules],
-                                     self.modules.names())
+                                     self.modules.names(), leaf_names(args, kwargs))
             if self.on_change == "raise":
                 raise StructureChangedError(change)
             self.report.note("compiling again", change)
             self._notify(f"{type(self.elbo).__name__}: compiling again: {change} (graph "
                          f"{self.compiles + 1}; pass those inputs with a fixed shape, or "
                          "on_change='raise' to stop here)", 6, RecompileWarning)
+        call = (args, kwargs, leaves, spec)
         try:
-            return self._new_graph(key, params, side, args, kwargs, plan)
+            return self._new_graph(key, params, side, call, plan)
         except NewModules as new:  # modules the first step did not run: trace again
             self.modules = ModuleState([*self.modules.modules, *new.found.values()])
-            key = self._key(params, side, args, kwargs, plan)
+            key = self._key(params, side, leaves, spec, plan)
             try:
-                return self._new_graph(key, params, side, args, kwargs, plan)
+                return self._new_graph(key, params, side, call, plan)
             except NewModules:
                 self._give_up("the modules it runs change from one run to the next")
+        except NewParams as why:  # this step runs eagerly and records them
+            self.report.note("new params: eager step, then traced again", str(why))
+            self.param_names = None
         except Untraceable as why:
             self._give_up(str(why), getattr(why, "where", None))
         return None, None
 
-    def _new_graph(self, key: tuple, params: list, side: list, args: tuple, kwargs: dict,
-                   plan):
+    def _new_graph(self, key: tuple, params: list, side: list, call: tuple, plan):
         """Trace, check and compile the graph for ``key`` (in the background where the
-        backend is slow); ``(graph, traced outputs)``."""
+        backend is slow); ``(graph, traced outputs)``. A graph that read a float
+        argument as a plain number is kept under a key holding that argument's value."""
+        leaves, spec = call[2], call[3]
         state = plan.inputs if plan is not None else []
         buffers = self.modules.buffers()
-        layout = StepLayout.of(len(params), plan, len(side), args, len(buffers))
-        inputs = layout.inputs(params, state, side, args, buffers)
+        layout = StepLayout.of(len(params), plan, len(side), leaves, len(buffers),
+                               self._float_slots(leaves))
+        inputs = layout.inputs(params, state, side, leaves, buffers)
         self.report.note("tracing", "whole SVI step" if layout.whole_step
                          else "loss and gradients")
         if self.background_compile and self.backend.name in BACKGROUND_BACKENDS:
-            return self._trace_and_submit(key, layout, inputs, args, kwargs, plan)
-        graph, outputs = self._compile_and_verify(layout, inputs, args, kwargs, plan)
-        self.graphs.put(key, graph)
+            graph, outputs = self._trace_and_submit(key, layout, inputs, call, plan)
+        else:
+            graph, outputs = self._compile_and_verify(layout, inputs, call, plan)
+            self.graphs.put(key, graph)
+        baked = {layout.float_slots[j] for j in graph.guards.baked}
+        if baked:  # kept under a key that holds those arguments' values
+            self.valued_floats.update(baked)
+            valued = self._key(params, side, leaves, spec, plan)
+            self.graphs.rekey(key, valued)
+            if key in self.pending:
+                self.pending[valued] = self.pending.pop(key)
         return graph, outputs
 
     # --- the param store ----------------------------------------------------------------
@@ -269,7 +299,8 @@ class CompiledStep(StepTracing, BackgroundCompiles):
                 result = self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
             self._record_params(result.params)
             self.facts = result.facts
-            self.modules = ModuleState(list(found.values()))
+            self.modules = ModuleState([*self.modules.modules, *(
+                m for m in found.values() if not self.modules.covers({id(m): m}))])
             return result
         if self.dynamic_reason is not None:
             return self.elbo.loss_and_params(self.model, self.guide, args, kwargs)

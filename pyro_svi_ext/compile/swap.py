@@ -58,6 +58,7 @@ class Pending:
     rng_after: tuple
     devices: list
     traced_at: int
+    guards: object = None
 
 
 class BackgroundCompiles:
@@ -77,15 +78,15 @@ class BackgroundCompiles:
         except TypeError:  # an op a child could not be sent
             return production
 
-    def _trace_and_submit(self, key: tuple, layout: StepLayout, inputs: list, args: tuple,
-                          kwargs: dict, plan):
+    def _trace_and_submit(self, key: tuple, layout: StepLayout, inputs: list, call: tuple,
+                          plan):
         """Trace the step, take this step with the traced graph (checked against the
         eager step, as when compiling in place), start the backend's compile in a child
         process and compile an interim graph here. Returns ``(graph, outputs)``; the
         graph has no compiled run when the caller gets the traced step's outputs.
         Compiles in place instead for a graph that cannot be sent to a child, or a large
         one the cache already holds."""
-        traced = self._traced_step(layout, inputs, args, kwargs, plan)
+        traced = self._traced_step(layout, inputs, call, plan)
         production = writing_in_place(traced["gm"], layout)
         try:
             data = portable(production)
@@ -103,13 +104,14 @@ class BackgroundCompiles:
         job = BackgroundCompile(self.backend.name, data, copies, marker)
         self.pending[key] = Pending(job, data, layout, traced["had_grad"],
                                     copies, traced["reference"], traced["rng_state"],
-                                    traced["rng_after"], traced["devices"], self.steps)
+                                    traced["rng_after"], traced["devices"], self.steps,
+                                    traced["guards"])
         self.report.note("compiling in the background", f"{len(data['nodes'])} nodes")
         interim = self._interim(layout, inputs, traced, production)
         if interim is not None:
             self.graphs.put(key, interim)
         self._commit(layout, inputs, traced["new_values"])
-        return Graph(None, layout, traced["had_grad"]), traced["reference"]
+        return Graph(None, layout, traced["had_grad"], traced["guards"]), traced["reference"]
 
     def _interim(self, layout: StepLayout, inputs: list, traced: dict,
                  production: torch.fx.GraphModule) -> Graph | None:
@@ -134,7 +136,7 @@ class BackgroundCompiles:
         logger.info("%s: interim graph compiled with %r while inductor compiles",
                     type(self.elbo).__name__, backend)
         self.report.compiled(backend, time.perf_counter() - started, in_background=False)
-        return Graph(run, layout, traced["had_grad"])
+        return Graph(run, layout, traced["had_grad"], traced["guards"])
 
     def _swap_in(self, key: tuple, pending: Pending) -> Graph | None:
         """Compile the graph here from the cache the child process filled, check it
@@ -162,7 +164,7 @@ class BackgroundCompiles:
                     "whole SVI step" if pending.layout.whole_step else "loss and gradients",
                     backend, pending.job.seconds, self.compiles, self.steps + 1,
                     pending.traced_at + 1)
-        graph = Graph(run, pending.layout, pending.had_grad)
+        graph = Graph(run, pending.layout, pending.had_grad, pending.guards)
         self.graphs.put(key, graph)
         self.swaps.append((self.steps + 1, pending.job.seconds))
         self.report.compiled(backend, pending.job.seconds, in_background=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from pyro_svi_ext.compile.arguments import Guards, TracedFloat, unflatten
 from pyro_svi_ext.compile.graph_passes import simplify
 from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
 from pyro_svi_ext.compile.module_state import ModuleState, modules_that_run
@@ -48,11 +49,13 @@ class NewModules(Exception):  # noqa: N818 - a signal to trace again, not an err
 
 @dataclass
 class Graph:
-    """A compiled graph, its layout, and which params got a gradient when traced."""
+    """A compiled graph, its layout, which params got a gradient when traced, and what
+    its float arguments must satisfy (:class:`.arguments.Guards`)."""
 
     run: Callable | None
     layout: StepLayout
     had_grad: list[bool]
+    guards: Guards | None = None
 
 
 def random_state(devices: list) -> tuple:
@@ -93,8 +96,8 @@ class StepTracing:
 
     modules: ModuleState
 
-    def _step_function(self, layout: StepLayout, args: tuple, kwargs: dict, plan,
-                       had_grad: list, frozen_grads: list) -> Callable:
+    def _step_function(self, layout: StepLayout, leaves: list, spec, plan, had_grad: list,
+                       frozen_grads: list, guards: Guards) -> Callable:
         """The function of flat tensors that is recorded: loss, gradients and new
         values (see :class:`~pyro_svi_ext.compile.layout.StepLayout`). Module buffers
         are copied first in the graph, so a graph writes its inputs only through the
@@ -105,15 +108,18 @@ class StepTracing:
         modules = self.modules
 
         def step(*flat):
-            params, state, side_old, arg_values, buffers_in = layout.split_inputs(flat)
+            params, state, side_old, arg_values, float_values, buffers_in = \
+                layout.split_inputs(flat)
+            floats = [TracedFloat.argument(leaves[slot], value, j, guards) for j, (slot, value)
+                      in enumerate(zip(layout.float_slots, float_values, strict=True))]
+            args, kwargs = unflatten(layout.call_leaves(leaves, arg_values, floats), spec)
             buffers = [b.clone() for b in buffers_in]
             bound = params + [params[at] for at in aliases.values()]
             side = dict(zip(side_names, side_old, strict=True))
             with params_bound_to(bound_names, bound), modules_follow_the_store(), \
                     pyro_modules_bound_to((model, guide), bound_names, bound), \
                     modules.bound_to(buffers), elbo.tracing(facts, side):
-                estimate = elbo.objective(model, guide, layout.call_args(args, arg_values),
-                                          kwargs)
+                estimate = elbo.objective(model, guide, args, kwargs)
                 raw = gradients(estimate.surrogate, params, frozen_grads)
             loss = -torch.as_tensor(estimate.elbo)
             had_grad[:] = [g is not None for g in raw]
@@ -135,13 +141,15 @@ class StepTracing:
 
         return step
 
-    def _trace(self, layout: StepLayout, inputs: list, args: tuple, kwargs: dict, plan):
-        """``(traced graph, had_grad)``; :class:`Untraceable` when the model cannot be
-        traced statically, :class:`NewModules` when it ran modules not yet known."""
+    def _trace(self, layout: StepLayout, inputs: list, leaves: list, spec, plan):
+        """``(traced graph, had_grad, guards)``; :class:`Untraceable` when the model
+        cannot be traced statically, :class:`NewModules` when it ran modules not yet
+        known."""
         had_grad: list[bool] = []
         frozen_grads = [not p.requires_grad and p.grad is not None
                         for p in inputs[:layout.n_params]]
-        fn = self._step_function(layout, args, kwargs, plan, had_grad, frozen_grads)
+        guards = Guards()
+        fn = self._step_function(layout, leaves, spec, plan, had_grad, frozen_grads, guards)
         traced_inputs = [t.detach().requires_grad_(t.requires_grad) if i < layout.n_params
                          else (t.detach() if torch.is_tensor(t) else t)
                          for i, t in enumerate(inputs)]
@@ -164,7 +172,7 @@ class StepTracing:
         except Exception as err:  # the model cannot be traced statically
             raise Untraceable(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
         self.compiles += 1
-        return gm, had_grad
+        return gm, had_grad, guards
 
     @staticmethod
     def _record(fn: Callable, inputs: list) -> torch.fx.GraphModule:
@@ -197,14 +205,15 @@ class StepTracing:
         side_new = [estimate.side_updates.get(k, scratch[k]) for k in self.side_names]
         return [torch.as_tensor(-estimate.elbo).detach(), *grads, *side_new, *buffers]
 
-    def _traced_step(self, layout: StepLayout, inputs: list, args: tuple, kwargs: dict,
-                     plan) -> dict:
+    def _traced_step(self, layout: StepLayout, inputs: list, call: tuple, plan) -> dict:
         """Trace the step and run the traced graph op by op on ``inputs``: it must give
         the eager step's loss, gradients, side state and buffers on the same random
         draws (else state the trace could not see makes the model untraceable:
         :class:`Untraceable`). Nothing is written yet. Returns the graph, its outputs
-        (``reference``), its new values, and the random state it drew from and left."""
-        gm, had_grad = self._trace(layout, inputs, args, kwargs, plan)
+        (``reference``), its new values, and the random state it drew from and left.
+        ``call``: ``(args, kwargs, leaves, spec)`` of the call."""
+        args, kwargs, leaves, spec = call
+        gm, had_grad, guards = self._trace(layout, inputs, leaves, spec, plan)
         params = inputs[:layout.n_params]
         side = inputs[layout.n_params + layout.n_state:][:layout.n_side]
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
@@ -223,7 +232,7 @@ class StepTracing:
             raise Untraceable("the compiled graph disagrees with the eager step (the model "
                               "uses state outside pyro.param and module buffers, e.g. a "
                               "tensor it changes in place)")
-        return {"gm": gm, "had_grad": had_grad, "reference": reference,
+        return {"gm": gm, "had_grad": had_grad, "guards": guards, "reference": reference,
                 "new_values": new_values, "rng_state": start, "rng_after": after,
                 "devices": devices}
 
@@ -235,12 +244,12 @@ class StepTracing:
             with torch.no_grad():
                 torch._foreach_copy_(targets, new_values)
 
-    def _compile_and_verify(self, layout: StepLayout, inputs: list, args: tuple,
-                            kwargs: dict, plan) -> tuple[Graph, tuple]:
+    def _compile_and_verify(self, layout: StepLayout, inputs: list, call: tuple,
+                            plan) -> tuple[Graph, tuple]:
         """Trace and check a new graph (:meth:`_traced_step`), compile it here, and check
         that the compiled graph gives the traced graph's results. Returns ``(graph,
         traced outputs)``; the traced step's new values are written."""
-        traced = self._traced_step(layout, inputs, args, kwargs, plan)
+        traced = self._traced_step(layout, inputs, call, plan)
         production = self._as_a_child_builds_it(writing_in_place(traced["gm"], layout))
         return self._compile_here(layout, inputs, traced, production), traced["reference"]
 
@@ -266,4 +275,4 @@ class StepTracing:
                     backend, time.perf_counter() - started, self.compiles)
         self.report.compiled(backend, time.perf_counter() - started, in_background=False)
         self._commit(layout, inputs, traced["new_values"])
-        return Graph(run, layout, traced["had_grad"])
+        return Graph(run, layout, traced["had_grad"], traced["guards"])

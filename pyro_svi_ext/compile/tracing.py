@@ -23,6 +23,12 @@ class Untraceable(Exception):  # noqa: N818 - a reason, not an error the user se
     """The step cannot be traced into a static graph (the message says why)."""
 
 
+class NewParams(Untraceable):
+    """The step created params the compiled step does not know yet (a model whose
+    structure grew, e.g. a site that appears once an argument crosses a threshold):
+    this step runs eagerly and records them, the next one traces with them."""
+
+
 @contextmanager
 def params_bound_to(names: list[str], values: list[torch.Tensor]):
     """The param store serves ``values`` for ``names`` (and is restored afterwards,
@@ -35,11 +41,11 @@ def params_bound_to(names: list[str], values: list[torch.Tensor]):
         with store_serving(names, values) as served:
             bound = dict(served)
             yield
-            if served.keys() != bound.keys() or any(
-                    served[n] is not v for n, v in bound.items()):
-                raise Untraceable("the step writes pyro's param store (a new param, or a "
-                                  "value set outside the optimizer), which a compiled graph "
-                                  "cannot do")
+            if any(served.get(n) is not v for n, v in bound.items()):
+                raise Untraceable("the step writes pyro's param store (a value set outside "
+                                  "the optimizer), which a compiled graph cannot do")
+            if served.keys() != bound.keys():
+                raise NewParams(f"new params {sorted(set(served) - set(bound))}")
     finally:
         pyro.enable_validation(validating)
 
