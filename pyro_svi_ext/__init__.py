@@ -10,7 +10,13 @@ import pyro  # noqa: F401  (loads pyro.infer, whose ABCs we register with)
 
 from pyro_svi_ext import registry
 from pyro_svi_ext.dropin import install, installed, uninstall
-from pyro_svi_ext.errors import DistributedStepError, NonFiniteLossError, NonFiniteLossWarning
+from pyro_svi_ext.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    DistributedStepError,
+    NonFiniteLossError,
+    NonFiniteLossWarning,
+)
 from pyro_svi_ext.estimators import (
     ELBO,
     ELBOModule,
@@ -50,6 +56,8 @@ __all__ = [
     "SVI",
     "BackwardSampleMessenger",
     "Capabilities",
+    "CheckpointError",
+    "CheckpointMismatchError",
     "Convergence",
     "DistributedSVI",
     "DistributedStepError",

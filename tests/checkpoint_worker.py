@@ -83,7 +83,7 @@ def fit(checkpoint, steps: int, every: int, compiled: bool = False, on_model_run
 
 
 def outcome(svi, net, losses) -> dict:
-    return {"losses": list(losses), "steps": svi.step_count,
+    return {"losses": list(losses), "steps": svi.step_count, "compiles": svi.compiles,
             "params": {k: v.detach().clone() for k, v in
                        pyro.get_param_store().named_parameters()},
             "buffers": {k: v.clone() for k, v in net.named_buffers()}}

@@ -91,6 +91,34 @@ def test_a_load_mid_run_rewinds_in_place_for_eager_and_compiled_steps(tmp_path):
         assert all(t is tensors[k] for k, t in pyro.get_param_store().named_parameters())
 
 
+def test_the_buffers_of_a_pyro_module_guide_are_restored(tmp_path):
+    from pyro.nn import PyroModule, PyroParam
+
+    class CountingGuide(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.loc = PyroParam(torch.tensor(0.0))
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x):
+            self.calls += 1
+            pyro.sample("z", pyro.distributions.Normal(self.loc, 1.0).expand([2])
+                        .to_event(1))
+
+    def model(x):
+        pyro.sample("z", pyro.distributions.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    svi = ext.SVI(model, CountingGuide(), pyro.optim.Adam({"lr": 0.1}), ext.Trace_ELBO())
+    for _ in range(3):
+        svi.step(X)
+    svi.save(tmp_path / "pyromodule.ckpt")
+    pyro.clear_param_store()
+    guide = CountingGuide()
+    svi = ext.SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), ext.Trace_ELBO())
+    svi.load(tmp_path / "pyromodule.ckpt")
+    assert int(guide.calls) == 3 and svi.step_count == 3
+
+
 def test_every_random_state_is_restored(tmp_path):
     svi, _ = _svi()
     svi.step(X)
