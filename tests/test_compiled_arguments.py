@@ -5,6 +5,8 @@ value, and random draws stay in step with the eager ones, used or not."""
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -171,3 +173,17 @@ def test_a_step_with_no_params_and_an_empty_model_compile_without_a_warning(recw
         step = svi._stepper
         assert step.dynamic_reason is None and svi.compiles == 1
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+def test_math_on_a_float_argument_is_not_followed_without_the_sentinel_check():
+    """``math.log`` reads a float subclass's value directly: no guard can see it. The
+    first call with a new value is checked against the eager step (the sentinel),
+    which finds the difference and keys the argument by value."""
+    def model(x, beta):
+        annealed_model(x, math.exp(math.log(beta)))
+
+    def guide(x, beta):
+        annealed_guide(x, math.exp(math.log(beta)))
+
+    calls = [((X, beta), {}) for beta in (0.2, 0.25, 0.3, 0.35, 0.4)]
+    eager, _, _ = _losses(Trace_ELBO(), model, guide, calls)
+    compiled, _, _ = _losses(JitTrace_ELBO(backend="eager"), model, guide, calls)
+    assert compiled == pytest.approx(eager, rel=1e-5)

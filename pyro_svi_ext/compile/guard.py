@@ -111,6 +111,12 @@ class GraphCache:
     def newest_key(self):
         return next(reversed(self.graphs))
 
+    def remove(self, key) -> None:
+        """Forget the graph under ``key`` (the next call with it traces again)."""
+        self.graphs.pop(key, None)
+        if self._last is not None and self._last[0] == key:
+            self._last = None
+
     def rekey(self, old, new) -> None:
         """The graph under ``old`` (if any) is kept under ``new`` instead."""
         if old in self.graphs:

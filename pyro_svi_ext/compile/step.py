@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ from pyro_svi_ext.compile.layout import StepLayout
 from pyro_svi_ext.compile.module_state import ModuleState, modules_that_run
 from pyro_svi_ext.compile.optim_plan import TRANSIENT, OptimPlan, unsupported_reason
 from pyro_svi_ext.compile.report import CompileReport
+from pyro_svi_ext.compile.sentinel import Sentinel, SentinelChecks, Stopwatch
 from pyro_svi_ext.compile.swap import (
     BACKGROUND_BACKENDS,
     MAX_PENDING,
@@ -69,7 +71,7 @@ class RecompileWarning(RuntimeWarning):
     changed."""
 
 
-class CompiledStep(StepTracing, BackgroundCompiles):
+class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
     """The compiled step of one ``(model, guide)`` for an estimator (the protocol of
     :mod:`pyro_svi_ext.protocol`); what :class:`~pyro_svi_ext.SVI` calls.
 
@@ -135,6 +137,9 @@ class CompiledStep(StepTracing, BackgroundCompiles):
         self.valued_floats: set[int] = set()
         #: what happened, for :meth:`~pyro_svi_ext.SVI.compile_report`
         self.report = CompileReport(type(elbo).__name__)
+        #: when graphs are checked against the eager step, and the pending check
+        self.sentinel = Sentinel()
+        self._check = None
 
     @staticmethod
     def check_options(backend: str, on_change: str = "recompile", on_dynamic: str = "eager",
@@ -165,10 +170,13 @@ class CompiledStep(StepTracing, BackgroundCompiles):
         return tuple(i for i, a in enumerate(leaves)
                      if type(a) is float and i not in self.valued_floats)
 
-    def _run(self, params: list, side: list, args: tuple, kwargs: dict, plan):
+    def _run(self, params: list, side: list, args: tuple, kwargs: dict, plan,
+             checked: bool = True):
         """The graph and its outputs for this call (compiling and verifying a new graph),
         or ``(None, None)`` when this step runs eagerly: after falling back for good
-        (``dynamic_reason``), or while its graph compiles with no interim graph."""
+        (``dynamic_reason``), while its graph compiles with no interim graph, or when the
+        sentinel checks the graph beside it (``checked=False``: never; a step that must
+        not read the host, ``step_tensor``)."""
         leaves, spec = flatten(args, kwargs)
         key = self._key(params, side, leaves, spec, plan)
         if self.pending:  # a background compile that has ended replaces the interim graph
@@ -185,13 +193,20 @@ class CompiledStep(StepTracing, BackgroundCompiles):
             key = self._key(params, side, leaves, spec, plan)
             graph = self.graphs.get(key)
         state = plan.inputs if plan is not None else []
+        self._check = None  # one that was never compared (its eager step raised)
         if graph is not None:
+            if checked and self.sentinel.due(graph, [leaves[i]
+                                                     for i in graph.layout.float_slots]):
+                self._start_check(key, graph, params, state, side, leaves)
+                return None, None
+            inputs = graph.layout.inputs(params, state, side, leaves, self.modules.buffers())
             grad_was = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # the graph computes its gradients itself
+            started = time.perf_counter()
             try:
-                return graph, graph.run(*graph.layout.inputs(params, state, side, leaves,
-                                                             self.modules.buffers()))
+                return graph, graph.run(*inputs)
             finally:
+                self.sentinel.timed_graph(time.perf_counter() - started)
                 torch._C._set_grad_enabled(grad_was)
         if key in self.pending or (len(self.pending) >= MAX_PENDING and
                                    self.background_compile):
@@ -244,6 +259,10 @@ class CompiledStep(StepTracing, BackgroundCompiles):
         else:
             graph, outputs = self._compile_and_verify(layout, inputs, call, plan)
             self.graphs.put(key, graph)
+        traced_floats = tuple(leaves[i] for i in layout.float_slots)
+        for made in (graph, self.graphs.graphs.get(key), self.pending.get(key)):
+            if made is not None:
+                made.traced_floats = traced_floats
         baked = {layout.float_slots[j] for j in graph.guards.baked}
         if baked:  # kept under a key that holds those arguments' values
             self.valued_floats.update(baked)
@@ -290,13 +309,14 @@ class CompiledStep(StepTracing, BackgroundCompiles):
         compiled otherwise."""
         self.steps += 1
         self.report.steps = self.steps
-        if self._not_ready:  # whole_step found the graph compiling: eager this step
+        if self._not_ready:  # whole_step found the graph compiling or checked: eager
             self._not_ready = False
-            return self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
+            return self._eager_step_checked(args, kwargs)
         if self.param_names is None:
             found: dict = {}
-            with modules_that_run(found):
+            with modules_that_run(found), Stopwatch() as watch:
                 result = self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
+            self.sentinel.eager_seconds = watch.seconds
             self._record_params(result.params)
             self.facts = result.facts
             self.modules = ModuleState([*self.modules.modules, *(
@@ -309,7 +329,7 @@ class CompiledStep(StepTracing, BackgroundCompiles):
                                    None)
         if graph is None:
             self._not_ready = False
-            return self.elbo.loss_and_params(self.model, self.guide, args, kwargs)
+            return self._eager_step_checked(args, kwargs)
         if graph.run is not None:
             self.report.graph_steps += 1
         value = self._checked_loss(outputs[0], args, kwargs)
@@ -339,7 +359,7 @@ class CompiledStep(StepTracing, BackgroundCompiles):
             if plan is None:
                 return None
         graph, outputs = self._run(params, self._from_store(self.side_names), args, kwargs,
-                                   plan)
+                                   plan, checked=not lazy)
         if graph is None:
             return None
         self.steps += 1

@@ -59,6 +59,7 @@ class Pending:
     devices: list
     traced_at: int
     guards: object = None
+    traced_floats: tuple = ()
 
 
 class BackgroundCompiles:
@@ -164,7 +165,8 @@ class BackgroundCompiles:
                     "whole SVI step" if pending.layout.whole_step else "loss and gradients",
                     backend, pending.job.seconds, self.compiles, self.steps + 1,
                     pending.traced_at + 1)
-        graph = Graph(run, pending.layout, pending.had_grad, pending.guards)
+        graph = Graph(run, pending.layout, pending.had_grad, pending.guards,
+                      pending.traced_floats)
         self.graphs.put(key, graph)
         self.swaps.append((self.steps + 1, pending.job.seconds))
         self.report.compiled(backend, pending.job.seconds, in_background=True)

@@ -56,6 +56,11 @@ class Graph:
     layout: StepLayout
     had_grad: list[bool]
     guards: Guards | None = None
+    #: the float arguments it was traced with, and the sentinel's counters
+    traced_floats: tuple = ()
+    uses: int = 0
+    next_check: int = 0
+    new_value_checks: int = 0
 
 
 def random_state(devices: list) -> tuple:

@@ -207,6 +207,9 @@ class SVI(TracePosterior):
         try:
             if always_update or isinstance(value, tuple) or math.isfinite(value):
                 self._optim_step(tensors)
+            updated = getattr(self._stepper, "after_update", None)
+            if updated is not None:  # a compiled step's sentinel compares its graph now
+                updated()
         finally:
             grads = [p.grad for p in tensors if p.grad is not None]
             if grads:
@@ -225,6 +228,14 @@ class SVI(TracePosterior):
         model and guide (0 for an eager estimator): a number above the count of input
         shapes you feed means a recompile per call somewhere."""
         return getattr(self._stepper, "compiles", 0)
+
+    def compile_report(self):
+        """What the compiled step of this SVI did: graphs compiled (backend, seconds, in
+        the background or not), swaps, recompiles and why, the sentinel's checks and
+        mismatches, a fallback to eager with the line of code that caused it (a
+        :class:`~pyro_svi_ext.compile.report.CompileReport`; ``str()`` reads as text,
+        ``as_dict()`` as data). None for an eager estimator."""
+        return getattr(self._stepper, "report", None)
 
     def wait_for_compiles(self, timeout: float | None = None) -> bool:
         """Block until graphs compiling in the background are ready (they are used from

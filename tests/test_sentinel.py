@@ -1,0 +1,122 @@
+"""The sentinel: a compiled graph is now and then run beside the eager step and
+compared, which catches what no guard sees (a global the model reads), with no side
+effect of its own and a schedule that follows the measured cost."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pytest
+import torch
+from svi_runs import compiled_step
+
+from pyro_svi_ext import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro_svi_ext.compile import sentinel
+from pyro_svi_ext.compile.sentinel import Sentinel
+from pyro_svi_ext.compile.tracer import Graph
+
+SETTINGS = {"prior_scale": 1.0}
+
+
+def model(data):
+    mu = pyro.sample("mu", dist.Normal(0.0, SETTINGS["prior_scale"]))  # a global read
+    with pyro.plate("data", len(data)):
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=data)
+
+
+def guide(data):
+    pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+
+def _run(elbo, steps: int, change_at: int):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    SETTINGS["prior_scale"] = 1.0
+    data = torch.randn(30, generator=torch.Generator().manual_seed(2)) + 1.0
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+    losses = []
+    for i in range(steps):
+        if i == change_at:
+            SETTINGS["prior_scale"] = 0.1  # what the user changes between steps
+        losses.append(svi.step(data))
+    return losses, svi
+
+
+def test_a_changed_global_is_caught_logged_and_traced_again(caplog, monkeypatch):
+    # checks at each graph's first two uses, then every 3 uses (a fixed schedule)
+    monkeypatch.setattr(Sentinel, "scheduled", lambda self, graph: _every(self, graph, 3))
+    eager, _ = _run(Trace_ELBO(), 14, change_at=6)
+    with caplog.at_level(logging.WARNING, logger="pyro_svi_ext"):
+        compiled, svi = _run(JitTrace_ELBO(backend="eager"), 14, change_at=6)
+    (warning,) = [r for r in caplog.records if "disagreed with the eager step" in r.message]
+    assert "the loss" in warning.message and warning.levelno == logging.WARNING
+    report = svi.compile_report()
+    assert report.mismatches == 1 and report.checks >= 4
+    assert svi.compiles == 2  # traced again after the mismatch
+    # steps before the check that caught it ran the stale graph; every other step is
+    # the eager one's (checks run eagerly, new graphs read the new global)
+    caught = int(warning.message.split("at step ")[1].split(" ")[0])
+    stale = range(6, caught - 1)
+    for i, (a, b) in enumerate(zip(compiled, eager, strict=True)):
+        if i not in stale:
+            assert math.isclose(a, b, rel_tol=1e-4), i
+
+
+def _every(self, graph, n):
+    self.checks += 1
+    graph.next_check = graph.uses + n
+
+
+def test_checks_are_spaced_by_the_measured_cost():
+    watch = Sentinel()
+    graph = Graph(None, None, [])
+    due = [watch.due(graph, []) for _ in range(2)]
+    assert due == [True, True]  # dense early
+    watch.eager_seconds, watch.graph_seconds = 2e-3, 4e-5  # an eager step is 50x
+    watch.scheduled(graph)
+    spacing = graph.next_check - graph.uses
+    assert spacing == math.ceil(51 / sentinel.BUDGET)  # 1% of a long run's time
+    assert sum(watch.due(graph, []) for _ in range(spacing)) == 1
+
+
+def test_a_new_float_value_is_checked_twice_then_by_schedule():
+    watch = Sentinel()
+    graph = Graph(None, None, [], traced_floats=(0.5,))
+    graph.next_check = 10**9
+    checked = [watch.due(graph, [0.5 + i / 100]) for i in range(6)]
+    assert checked == [True, True, True, True, False, False]  # 2 early, 2 new values
+
+
+def test_a_check_moves_no_module_state_and_no_random_state():
+    """Every use checked: the run is the eager run, integer state and generator
+    included."""
+    def run(elbo):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2),
+                                  torch.nn.Dropout(0.3))
+        x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+
+        def m(x):
+            with pyro.plate("data", 16):
+                pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+        def g(x):
+            pyro.module("net", net)
+            with pyro.plate("data", 16):
+                pyro.sample("z", dist.Normal(net(x), 1.0).to_event(1))
+
+        svi = SVI(m, g, pyro.optim.Adam({"lr": 0.01}), elbo)
+        losses = [svi.step(x) for _ in range(8)]
+        return losses, int(net[1].num_batches_tracked), torch.get_rng_state()
+
+    eager = run(Trace_ELBO())
+    elbo = JitTrace_ELBO(backend="eager")
+    with_checks = run(elbo)
+    assert compiled_step(elbo).report.checks == 2  # uses 1 and 2 of the graph
+    assert with_checks[1] == eager[1] == 8 and torch.equal(with_checks[2], eager[2])
+    assert with_checks[0] == pytest.approx(eager[0], rel=1e-4)
