@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                                      "posteriors bound to this package's (the drop-in switch)")
     run.add_argument("--compile", action="store_true",
                      help="also bind Pyro's eager ELBO names to compiled steps")
+    run.add_argument("--report", action="store_true",
+                     help="at the end, print what each compiled step did (graphs, "
+                          "backends, swaps, recompiles, sentinel checks, fallbacks with "
+                          "the line that caused them) on stderr")
     run.add_argument("script", help="path of the Python script")
     run.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
     sub.add_parser("compat", add_help=False,
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                         "suite; --help for each)")
     opts = parser.parse_args(argv)
     if opts.command == "run":
-        return run_script(opts.script, opts.args, compile=opts.compile)
+        return run_script(opts.script, opts.args, compile=opts.compile, report=opts.report)
     if opts.command == "demo":
         from pyro_svi_ext.demo import default_plot_path
         from pyro_svi_ext.demo import main as demo_main
@@ -88,10 +92,12 @@ def run_compat(args: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "compat_matrix", *args]).returncode
 
 
-def run_script(path: str, args: list[str], compile: bool = False) -> int:
+def run_script(path: str, args: list[str], compile: bool = False,
+               report: bool = False) -> int:
     """Run ``path`` as ``__main__`` with ``sys.argv = [path, *args]`` under the drop-in
-    switch (``compile``: with compiled steps for the eager ELBO names); returns its exit
-    status; 2 (one line on stderr) when ``path`` is not a file."""
+    switch (``compile``: with compiled steps for the eager ELBO names; ``report``: then
+    print every compiled step's report on stderr); returns its exit status; 2 (one line
+    on stderr) when ``path`` is not a file."""
     import runpy
     from pathlib import Path
 
@@ -102,10 +108,23 @@ def run_script(path: str, args: list[str], compile: bool = False) -> int:
     sys.argv = [path, *args]
     sys.path.insert(0, str(Path(path).resolve().parent))
     dropin.install(compile=compile)
+    if report:
+        from pyro_svi_ext.compile.report import keep_reports
+
+        reports = keep_reports()
     try:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     finally:
         dropin.uninstall()
+        if report:
+            print_reports(reports)
     return 0
+
+
+def print_reports(reports: list) -> None:
+    """Compiled steps' reports, on stderr."""
+    print(f"pyro-svi-ext: {len(reports)} compiled step(s)", file=sys.stderr)
+    for each in reports:
+        print(each, file=sys.stderr)

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyro_svi_ext.compile.graph_passes import lazy_module
-from pyro_svi_ext.compile.tracing import Untraceable
+from pyro_svi_ext.compile.tracing import untraceable_here
 
 _INDEX_OPS = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default,
               torch.ops.aten.index_put_.default, torch.ops.aten._index_put_impl_.default}
@@ -90,7 +90,7 @@ class _Recorder(TorchDispatchMode):
                 if isinstance(item, torch.Tensor):
                     self.bind(item, self.graph.call_function(operator.getitem, (node, i)))
         elif out is not None:
-            raise Untraceable(f"{func} returns a host value ({type(out).__name__})")
+            raise untraceable_here(f"{func} returns a host value ({type(out).__name__})")
         return out
 
 
@@ -99,13 +99,13 @@ def _refuse_value_reads(func, args: tuple) -> None:
     a static graph cannot hold."""
     tags = func.tags
     if torch.Tag.data_dependent_output in tags:
-        raise Untraceable(f"{func} reads tensor values into Python")
+        raise untraceable_here(f"{func} reads tensor values into Python")
     if func in _INDEX_OPS:
         indices = args[1] if len(args) > 1 else ()
         if any(isinstance(i, torch.Tensor) and i.dtype in _MASKS for i in indices):
-            raise Untraceable(f"{func} with a boolean mask has a data-dependent shape")
+            raise untraceable_here(f"{func} with a boolean mask has a data-dependent shape")
     elif torch.Tag.dynamic_output_shape in tags:
-        raise Untraceable(f"{func} has a data-dependent output shape")
+        raise untraceable_here(f"{func} has a data-dependent output shape")
 
 
 class _HostReads(TorchFunctionMode):
@@ -130,7 +130,7 @@ class _HostReads(TorchFunctionMode):
             finally:
                 self.recorder.paused -= 1
         if name in _HOST_READS:
-            raise Untraceable(f"the step reads tensor values into Python ({name})")
+            raise untraceable_here(f"the step reads tensor values into Python ({name})")
         return func(*args, **kwargs)
 
 

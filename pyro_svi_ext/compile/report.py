@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 #: every report made in this process (weak: a step nobody holds takes its report along)
 _REPORTS: weakref.WeakSet = weakref.WeakSet()
 _SERIAL = itertools.count()
+#: reports kept alive whatever happens to their steps (``keep_reports``), else None
+_KEPT: list | None = None
 
 
 @dataclass
@@ -52,6 +54,8 @@ class CompileReport:
     def __post_init__(self) -> None:
         self.serial = next(_SERIAL)
         _REPORTS.add(self)
+        if _KEPT is not None:
+            _KEPT.append(self)
 
     # --- what the step tells it ----------------------------------------------------------
     def note(self, what: str, detail: str = "") -> None:
@@ -91,6 +95,14 @@ class CompileReport:
                          + (f" (at {self.fallback_at})" if self.fallback_at else ""))
         lines.extend(f"  {event}" for event in self.events)
         return "\n".join(lines)
+
+
+def keep_reports() -> list[CompileReport]:
+    """From now on every new report stays alive (a script run by ``pyro-svi-ext run
+    --report`` drops its SVI objects before its end), in the list returned."""
+    global _KEPT
+    _KEPT = []
+    return _KEPT
 
 
 def all_reports() -> list[CompileReport]:

@@ -203,6 +203,7 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
             grad_was = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # the graph computes its gradients itself
             started = time.perf_counter()
+            self.report.graph_steps += 1
             try:
                 return graph, graph.run(*inputs)
             finally:
@@ -330,8 +331,6 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
         if graph is None:
             self._not_ready = False
             return self._eager_step_checked(args, kwargs)
-        if graph.run is not None:
-            self.report.graph_steps += 1
         value = self._checked_loss(outputs[0], args, kwargs)
         _, grads, _ = graph.layout.split_outputs(outputs)
         for p, g, used in zip(params, grads, graph.had_grad, strict=True):
@@ -364,8 +363,6 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
             return None
         self.steps += 1
         self.report.steps = self.steps
-        if graph.run is not None:
-            self.report.graph_steps += 1
         if lazy:
             plan.after_step(graph.had_grad)
             return outputs[0]

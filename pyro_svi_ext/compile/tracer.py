@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pyro_svi_ext.compile.module_state import ModuleState, modules_that_run
 from pyro_svi_ext.compile.record import record
 from pyro_svi_ext.compile.tracing import (
     Untraceable,
+    code_location,
     modules_follow_the_store,
     params_bound_to,
     pyro_modules_bound_to,
@@ -175,7 +177,10 @@ class StepTracing:
         except (Untraceable, NewModules):
             raise
         except Exception as err:  # the model cannot be traced statically
-            raise Untraceable(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+            first = str(err).splitlines()[0] if str(err) else ""
+            why = Untraceable(f"{type(err).__name__}: {first}")
+            why.where = code_location(traceback.extract_tb(err.__traceback__))
+            raise why from err
         self.compiles += 1
         return gm, had_grad, guards
 

@@ -4,8 +4,12 @@ put back afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import traceback
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyro
 import torch
@@ -20,7 +24,41 @@ from pyro_svi_ext.pyro_compat import (
 
 
 class Untraceable(Exception):  # noqa: N818 - a reason, not an error the user sees
-    """The step cannot be traced into a static graph (the message says why)."""
+    """The step cannot be traced into a static graph (the message says why; ``where``:
+    the line of code that made it, when known, see :func:`code_location`)."""
+
+    where: str | None = None
+
+
+#: directories whose frames are not the place a user looks for: torch, this package
+#: and the standard library's plumbing
+_PLUMBING = (os.path.dirname(torch.__file__), str(Path(__file__).resolve().parents[1]),
+             os.path.dirname(contextlib.__file__))
+_PYRO = os.path.dirname(pyro.__file__)
+
+
+def code_location(frames: list[traceback.FrameSummary]) -> str | None:
+    """Where in the model's code (innermost first) a step did something a graph cannot
+    hold: ``file:line``; a line inside Pyro also names the user's line that called
+    it. ``frames``: outermost first (``traceback.extract_stack`` /
+    ``extract_tb``)."""
+    inner = None
+    for frame in reversed(frames):
+        if frame.filename.startswith(_PLUMBING):
+            continue
+        place = f"{frame.filename}:{frame.lineno} ({frame.name})"
+        if frame.filename.startswith(_PYRO):
+            inner = inner or f"{place} in Pyro's code"
+            continue
+        return place if inner is None else f"{inner}, called from {place}"
+    return inner
+
+
+def untraceable_here(reason: str) -> Untraceable:
+    """:class:`Untraceable` for ``reason``, with the model's line that is running."""
+    error = Untraceable(reason)
+    error.where = code_location(traceback.extract_stack()[:-1])
+    return error
 
 
 class NewParams(Untraceable):
