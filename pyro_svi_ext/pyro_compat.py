@@ -76,6 +76,31 @@ def hidden_from_traces(infer: dict | None) -> bool:
     return bool(infer) and bool(infer.get(DO_NOT_TRACE))
 
 
+# --- Pyro's code while a step is recorded --------------------------------------------------
+@contextmanager
+def pyro_sees_a_jit_trace() -> Iterator[None]:
+    """While a compiled step is recorded, Pyro's own code that asks
+    ``torch._C._get_tracing_state()`` is told a trace is running, as under Pyro's
+    ``JitTrace_ELBO``: it then skips its value checks and value-dependent shortcuts
+    (``pyro/distributions/stable.py`` tests ``near_hole.any()`` only outside a trace, and
+    took every Stable model off the compiled path). torch's own callers (``nn.Module``'s
+    ``__call__``) get the true state; the step is checked against the eager step, which
+    runs Pyro's untraced branches, as always."""
+    real = torch._C._get_tracing_state
+
+    def state():
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller == "pyro" or caller.startswith("pyro."):
+            return True
+        return real()
+
+    torch._C._get_tracing_state = state
+    try:
+        yield
+    finally:
+        torch._C._get_tracing_state = real
+
+
 # --- the param store ------------------------------------------------------------------------
 def store_tensors() -> dict[str, torch.Tensor]:
     """The param store's unconstrained tensors by name (the live dict: no copy)."""

@@ -156,3 +156,42 @@ def test_the_step_traces_with_make_fx_when_the_recorder_fails(monkeypatch):
         svi.step(data)
     step = compiled_step(elbo)
     assert step.dynamic_reason is None and step.compiles == 1 and len(step.graphs) == 1
+
+
+def test_pyros_stable_sampler_compiles_as_under_pyros_own_trace():
+    """``LatentStableReparam`` draws through ``pyro/distributions/stable.py``, which
+    checks ``near_hole.any()`` (a value read) unless ``torch._C._get_tracing_state()``
+    says a trace runs, and writes ``Z.data[Z != Z] = 0`` and ``weights[~near_hole] =
+    0.5`` (boolean-mask writes, recorded as ``masked_fill``): the step compiles and
+    equals the eager one."""
+    from pyro.infer.autoguide import AutoNormal
+    from pyro.infer.reparam import LatentStableReparam
+
+    data = torch.randn(20, generator=torch.Generator().manual_seed(0))
+
+    @pyro.poutine.reparam(config={"x": LatentStableReparam()})
+    def model(data):
+        with pyro.plate("data", 20):
+            x = pyro.sample("x", dist.Stable(1.5, 0.3))
+            pyro.sample("y", dist.Normal(x, 1.0), obs=data)
+
+    runs = []
+    for elbo in (pyro_svi_ext.Trace_ELBO(), pyro_svi_ext.JitTrace_ELBO(backend="eager")):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        svi = pyro_svi_ext.SVI(model, AutoNormal(model), pyro.optim.Adam({"lr": 0.01}), elbo)
+        runs.append([svi.step(data) for _ in range(6)])
+    assert compiled_step(elbo).dynamic_reason is None and compiled_step(elbo).compiles == 1
+    assert runs[1] == pytest.approx(runs[0], rel=1e-6)
+
+
+def test_pyro_sees_a_trace_and_torch_does_not():
+    from pyro_svi_ext.pyro_compat import pyro_sees_a_jit_trace
+
+    as_pyro = {"__name__": "pyro.distributions.fake"}
+    exec("def ask():\n    return torch._C._get_tracing_state()", {"torch": torch, **as_pyro},
+         as_pyro)
+    with pyro_sees_a_jit_trace():
+        assert as_pyro["ask"]() is True
+        assert torch._C._get_tracing_state() is None  # torch's (and our) callers
+    assert as_pyro["ask"]() is None

@@ -78,6 +78,7 @@ class _Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if self.paused:
             return func(*args, **kwargs)
+        func, args = self._masked_fill_for_a_masked_write(func, args, kwargs)
         _refuse_value_reads(func, args)
         out = func(*args, **kwargs)
         node = self.graph.call_function(func, self.arg(args),
@@ -92,6 +93,29 @@ class _Recorder(TorchDispatchMode):
         elif out is not None:
             raise untraceable_here(f"{func} returns a host value ({type(out).__name__})")
         return out
+
+    def _masked_fill_for_a_masked_write(self, func, args: tuple, kwargs: dict) -> tuple:
+        """``x[mask] = value`` with a boolean ``mask`` over ``x``'s leading dims and one
+        value (``Z.data[Z != Z] = 0`` and ``weights[~near_hole] = 0.5`` in Pyro's Stable
+        sampler) is ``x.masked_fill_(mask, value)``, the mask given trailing size-1
+        dims (recorded): the same result, and no shape that depends on the mask's
+        values. ``(func, args)`` otherwise unchanged."""
+        if func not in _MASKED_FILL or kwargs or len(args) < 3 or len(args[1]) != 1 or (
+                len(args) > 3 and args[3]):  # accumulate=True adds, it does not fill
+            return func, args
+        target, (mask,), value = args[:3]
+        if not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+                and target.shape[:mask.dim()] == mask.shape
+                and isinstance(value, torch.Tensor) and value.numel() == 1):
+            return func, args
+        for _ in range(target.dim() - mask.dim()):
+            mask = self.__torch_dispatch__(torch.ops.aten.unsqueeze.default, (), (mask, -1))
+        value = self.__torch_dispatch__(torch.ops.aten.view.default, (), (value, []))
+        return _MASKED_FILL[func], (target, mask, value)
+
+
+_MASKED_FILL = {torch.ops.aten.index_put_.default: torch.ops.aten.masked_fill_.Tensor,
+                torch.ops.aten.index_put.default: torch.ops.aten.masked_fill.Tensor}
 
 
 def _refuse_value_reads(func, args: tuple) -> None:

@@ -35,6 +35,7 @@ from pyro_svi_ext.compile.tracing import (
 )
 from pyro_svi_ext.compile.verify import all_close, compile_checked
 from pyro_svi_ext.protocol import CompileFacts
+from pyro_svi_ext.pyro_compat import pyro_sees_a_jit_trace
 from pyro_svi_ext.trace.static_plates import full_plates_are_constant
 
 logger = logging.getLogger("pyro_svi_ext.compile.step")
@@ -163,7 +164,8 @@ class StepTracing:
         found: dict = {}
         try:
             with torch.random.fork_rng(), full_plates_are_constant(), \
-                    warnings.catch_warnings(), modules_that_run(found):
+                    warnings.catch_warnings(), modules_that_run(found), \
+                    pyro_sees_a_jit_trace():
                 # torch's own deprecation notices while tracing are not the user's to see
                 # (and under -W error they would stop the trace)
                 warnings.simplefilter("ignore", DeprecationWarning)
