@@ -90,3 +90,18 @@ def test_where_tensors_are_groups_by_device_and_shortens_long_lists():
     text = where_tensors_are(params, (torch.zeros(1, device="meta"), 3), {"y": torch.ones(1)})
     assert text == ("cpu: param 'p0', param 'p1', param 'p2', param 'p3', param 'p4', "
                     "param 'p5' and 3 more; meta: argument #0")
+
+
+def test_a_compiled_step_given_data_on_another_device_raises_and_keeps_compiling():
+    """The trace of the new call meets the mix: the same clear error as the eager step,
+    and the compiled step is not given up for good."""
+    model, guide = regression("cpu")
+    x, y = torch.randn(5, 3), torch.randn(5)
+    elbo = JitTrace_ELBO(backend="eager")
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+    for _ in range(3):
+        svi.step(x, y)
+    with pytest.raises(DeviceMismatchError):
+        svi.step(x.to("meta"), y.to("meta"))
+    svi.step(x, y)
+    assert svi._stepper.dynamic_reason is None and svi.compiles == 1

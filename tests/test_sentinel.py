@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import pyro
 import pyro.distributions as dist
@@ -16,6 +17,7 @@ from svi_runs import compiled_step
 
 from pyro_svi_ext import SVI, JitTrace_ELBO, Trace_ELBO
 from pyro_svi_ext.compile import sentinel
+from pyro_svi_ext.compile.layout import StepLayout
 from pyro_svi_ext.compile.sentinel import Sentinel
 from pyro_svi_ext.compile.tracer import Graph
 
@@ -48,7 +50,7 @@ def _run(elbo, steps: int, change_at: int):
 
 def test_a_changed_global_is_caught_logged_and_traced_again(caplog, monkeypatch):
     # checks at each graph's first two uses, then every 3 uses (a fixed schedule)
-    monkeypatch.setattr(Sentinel, "scheduled", lambda self, graph: _every(self, graph, 3))
+    monkeypatch.setattr(Sentinel, "scheduled", lambda self, graph, _: _every(self, graph, 3))
     eager, _ = _run(Trace_ELBO(), 14, change_at=6)
     with caplog.at_level(logging.WARNING, logger="pyro_svi_ext"):
         compiled, svi = _run(JitTrace_ELBO(backend="eager"), 14, change_at=6)
@@ -73,19 +75,22 @@ def _every(self, graph, n):
 
 def test_checks_are_spaced_by_the_measured_cost():
     watch = Sentinel()
-    graph = Graph(None, None, [])
+    graph = Graph(None, StepLayout(0, 0, 0, 0, (), True), [])
     due = [watch.due(graph, []) for _ in range(2)]
     assert due == [True, True]  # dense early
-    watch.eager_seconds, watch.graph_seconds = 2e-3, 4e-5  # an eager step is 50x
-    watch.scheduled(graph)
+    watch.eager_seconds = 2e-3
+    watch._mark = (time.perf_counter() - 0.4, 0)  # 10,000 graph steps took 0.4 s
+    watch.scheduled(graph, 10_000)
+    assert watch.graph_seconds == pytest.approx(4e-5, rel=0.1)  # an eager step is 50x
     spacing = graph.next_check - graph.uses
-    assert spacing == math.ceil(51 / sentinel.BUDGET)  # 1% of a long run's time
+    expected = (2e-3 + watch.graph_seconds) / watch.graph_seconds / sentinel.BUDGET
+    assert spacing == math.ceil(expected) and 4500 < spacing < 5700  # 1% of a long run
     assert sum(watch.due(graph, []) for _ in range(spacing)) == 1
 
 
 def test_a_new_float_value_is_checked_twice_then_by_schedule():
     watch = Sentinel()
-    graph = Graph(None, None, [], traced_floats=(0.5,))
+    graph = Graph(None, StepLayout(0, 0, 0, 0, (), True, 0, (0,)), [], traced_floats=(0.5,))
     graph.next_check = 10**9
     checked = [watch.due(graph, [0.5 + i / 100]) for i in range(6)]
     assert checked == [True, True, True, True, False, False]  # 2 early, 2 new values

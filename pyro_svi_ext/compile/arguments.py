@@ -35,12 +35,20 @@ from torch.utils import _pytree
 _FACTORIES = {torch.tensor, torch.as_tensor, torch.scalar_tensor}
 
 
+_TENSOR_TYPES = {torch.Tensor, torch.nn.Parameter}
+_CONTAINERS = (tuple, list, dict)
+
+
 def flatten(args: tuple, kwargs: dict) -> tuple[list, object]:
-    """``(leaves, spec)``: the leaves of ``(args, kwargs)`` and what rebuilds them
-    (None when ``args`` hold no container and there are no keyword arguments: the
-    leaves are ``args``, the common case, at no cost)."""
-    if not kwargs and not any(isinstance(a, (tuple, list, dict)) for a in args):
-        return list(args), None
+    """``(leaves, spec)``: the leaves of ``(args, kwargs)`` and what rebuilds them.
+    Without keyword arguments and containers the leaves are ``args`` and ``spec`` is
+    True when they are all tensors (the common call: the key reads them at C speed),
+    else None."""
+    if not kwargs:
+        if _TENSOR_TYPES.issuperset(map(type, args)):
+            return args, True
+        if not any(isinstance(a, _CONTAINERS) for a in args):
+            return args, None
     leaves, spec = _pytree.tree_flatten((args, kwargs))
     return leaves, spec
 
@@ -59,7 +67,7 @@ def leaf_names(args: tuple, kwargs: dict) -> list[str]:
 
 def unflatten(leaves: list, spec) -> tuple[tuple, dict]:
     """``(args, kwargs)`` of :func:`flatten`'s ``leaves`` and ``spec``."""
-    if spec is None:
+    if spec is None or spec is True:
         return tuple(leaves), {}
     args, kwargs = _pytree.tree_unflatten(leaves, spec)
     return tuple(args), dict(kwargs)

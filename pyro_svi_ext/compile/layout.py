@@ -55,9 +55,11 @@ class StepLayout:
     # --- inputs ---------------------------------------------------------------------------
     def inputs(self, params: list, state: list, side: list, leaves: list,
                buffers: list = ()) -> list:
+        tensors = [leaves[i] for i in self.arg_slots]
+        if not self.float_slots and not buffers:
+            return [*params, *state, *side, *tensors]
         floats = [torch.tensor(leaves[i], dtype=torch.float64) for i in self.float_slots]
-        return [*params, *state, *side, *[leaves[i] for i in self.arg_slots], *floats,
-                *buffers]
+        return [*params, *state, *side, *tensors, *floats, *buffers]
 
     def split_inputs(self, flat: tuple) -> tuple[list, list, list, list, list, list]:
         """``(params, optimizer state, side state, tensor arguments, float arguments,

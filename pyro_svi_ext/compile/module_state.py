@@ -18,12 +18,16 @@ buffers, so no module state moves more often than under the eager step.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
 from pyro_svi_ext.compile.guard import signature
+
+_TRAINING = operator.attrgetter("training")
+_NOTHING = ((), ())
 
 
 @contextmanager
@@ -74,12 +78,15 @@ class ModuleState:
     def buffers(self) -> list[torch.Tensor]:
         """The current buffer tensors (read from their modules on every call: a buffer
         replaced by ``load_state_dict(assign=True)`` or ``.to()`` is followed)."""
+        if not self.slots:
+            return []
         return [getattr(*slot[0]) for slot in self.slots]
 
     def key(self) -> tuple:
         """What the graph depends on: the training flags and the buffers' signatures."""
-        return (tuple(m.training for m in self.modules),
-                tuple(signature(b) for b in self.buffers()))
+        if not self.modules:
+            return _NOTHING
+        return (tuple(map(_TRAINING, self.modules)), tuple(map(signature, self.buffers())))
 
     def names(self) -> list[str]:
         """A readable name per buffer (``BatchNorm1d.running_mean``)."""

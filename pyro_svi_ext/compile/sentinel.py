@@ -67,31 +67,35 @@ class Sentinel:
     """The schedule of one compiled step's checks and their timing."""
 
     def __init__(self) -> None:
-        #: seconds of the latest eager step (loss and gradients), and a running mean
-        #: of a graph step's seconds
+        #: seconds of the latest eager step (loss and gradients), and of a graph step
+        #: as the run sees it (wall time between checks over the graph steps taken, the
+        #: user's loop included: nothing is timed per step)
         self.eager_seconds: float | None = None
         self.graph_seconds: float | None = None
         self.checks = 0
         self.mismatches = 0
+        self._mark: tuple[float, int] | None = None
 
-    def timed_graph(self, seconds: float) -> None:
-        self.graph_seconds = (seconds if self.graph_seconds is None
-                              else 0.9 * self.graph_seconds + 0.1 * seconds)
-
-    def due(self, graph, floats: list) -> bool:
-        """Whether this use of ``graph`` (with these float arguments) is checked."""
+    def due(self, graph, leaves: list) -> bool:
+        """Whether this use of ``graph`` (with these argument leaves) is checked."""
         graph.uses += 1
-        if graph.uses in EARLY_USES:
+        if graph.uses >= graph.next_check or graph.uses in EARLY_USES:
             return True
-        if floats and graph.new_value_checks < NEW_VALUE_CHECKS and \
-                tuple(floats) != graph.traced_floats:
+        slots = graph.layout.float_slots
+        if slots and graph.new_value_checks < NEW_VALUE_CHECKS and \
+                tuple(leaves[i] for i in slots) != graph.traced_floats:
             graph.new_value_checks += 1
             return True
-        return graph.uses >= graph.next_check
+        return False
 
-    def scheduled(self, graph) -> None:
-        """After a check of ``graph``: when the next one is due."""
+    def scheduled(self, graph, graph_steps: int) -> None:
+        """After a check of ``graph`` (``graph_steps``: graph steps taken so far by the
+        compiled step): when the next one is due."""
         self.checks += 1
+        now = time.perf_counter()
+        if self._mark is not None and graph_steps > self._mark[1]:
+            self.graph_seconds = (now - self._mark[0]) / (graph_steps - self._mark[1])
+        self._mark = (now, graph_steps)
         if self.eager_seconds and self.graph_seconds:
             ratio = (self.eager_seconds + self.graph_seconds) / self.graph_seconds
         else:
@@ -193,7 +197,7 @@ class SentinelChecks:
         eager_new = [inputs[i] for i in layout.written_inputs]
         difference = first_difference(check, self.param_names, eager_new,
                                       random_state(check.devices))
-        self.sentinel.scheduled(check.graph)
+        self.sentinel.scheduled(check.graph, self.report.graph_steps)
         self.report.checks = self.sentinel.checks
         if difference is None:
             return

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
 from collections.abc import Callable
 
@@ -185,7 +184,7 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
                     self._swap_in(key, pending) is None:
                 return None, None
         graph = self.graphs.get(key)
-        if graph is not None and graph.guards is not None and graph.guards.checks and \
+        if graph is not None and graph.layout.float_slots and graph.guards.checks and \
                 not graph.guards.hold([leaves[i] for i in graph.layout.float_slots]):
             # a float argument took the other side of a comparison the trace made: those
             # arguments are keyed by value from now on
@@ -195,19 +194,16 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
         state = plan.inputs if plan is not None else []
         self._check = None  # one that was never compared (its eager step raised)
         if graph is not None:
-            if checked and self.sentinel.due(graph, [leaves[i]
-                                                     for i in graph.layout.float_slots]):
+            if checked and self.sentinel.due(graph, leaves):
                 self._start_check(key, graph, params, state, side, leaves)
                 return None, None
             inputs = graph.layout.inputs(params, state, side, leaves, self.modules.buffers())
             grad_was = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # the graph computes its gradients itself
-            started = time.perf_counter()
             self.report.graph_steps += 1
             try:
                 return graph, graph.run(*inputs)
             finally:
-                self.sentinel.timed_graph(time.perf_counter() - started)
                 torch._C._set_grad_enabled(grad_was)
         if key in self.pending or (len(self.pending) >= MAX_PENDING and
                                    self.background_compile):

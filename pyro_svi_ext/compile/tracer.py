@@ -34,6 +34,7 @@ from pyro_svi_ext.compile.tracing import (
     pyro_modules_bound_to,
 )
 from pyro_svi_ext.compile.verify import all_close, compile_checked
+from pyro_svi_ext.errors import DeviceMismatchError
 from pyro_svi_ext.protocol import CompileFacts
 from pyro_svi_ext.pyro_compat import pyro_sees_a_jit_trace
 from pyro_svi_ext.trace.static_plates import full_plates_are_constant
@@ -62,7 +63,7 @@ class Graph:
     #: the float arguments it was traced with, and the sentinel's counters
     traced_floats: tuple = ()
     uses: int = 0
-    next_check: int = 0
+    next_check: int = 1
     new_value_checks: int = 0
 
 
@@ -176,8 +177,8 @@ class StepTracing:
             if not self.modules.covers(found):
                 raise NewModules(found)
             gm = simplify(gm)
-        except (Untraceable, NewModules):
-            raise
+        except (Untraceable, NewModules, DeviceMismatchError):
+            raise  # (data and params on two devices: the eager step says the same)
         except Exception as err:  # the model cannot be traced statically
             first = str(err).splitlines()[0] if str(err) else ""
             why = Untraceable(f"{type(err).__name__}: {first}")
