@@ -195,3 +195,25 @@ def test_pyro_sees_a_trace_and_torch_does_not():
         assert as_pyro["ask"]() is True
         assert torch._C._get_tracing_state() is None  # torch's (and our) callers
     assert as_pyro["ask"]() is None
+
+
+def test_a_masked_write_through_a_zero_dim_mask_compiles():
+    """``x.data[..., 0][x.eq(0).all(-1)] = 1`` in Pyro's ``safe_normalize`` (one vector:
+    a 0-dim mask, which torch's indexing reads as a Python bool) is a masked fill."""
+    from pyro.infer.autoguide import AutoNormal
+    from pyro.infer.reparam import ProjectedNormalReparam
+
+    @pyro.poutine.reparam(config={"x": ProjectedNormalReparam()})
+    def model():
+        loc = pyro.param("loc", torch.tensor([1.0, 0.5, 0.2]))
+        x = pyro.sample("x", dist.ProjectedNormal(loc))
+        pyro.sample("y", dist.Normal(x.sum(), 1.0), obs=torch.tensor(0.3))
+
+    runs = []
+    for elbo in (pyro_svi_ext.Trace_ELBO(), pyro_svi_ext.JitTrace_ELBO(backend="eager")):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        svi = pyro_svi_ext.SVI(model, AutoNormal(model), pyro.optim.Adam({"lr": 0.01}), elbo)
+        runs.append([svi.step() for _ in range(6)])
+    assert compiled_step(elbo).dynamic_reason is None
+    assert runs[1] == pytest.approx(runs[0], rel=1e-6)

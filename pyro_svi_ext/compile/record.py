@@ -155,7 +155,26 @@ class _HostReads(TorchFunctionMode):
                 self.recorder.paused -= 1
         if name in _HOST_READS:
             raise untraceable_here(f"the step reads tensor values into Python ({name})")
+        if func is _SETITEM and _a_masked_write_of_one_value(args):
+            # x[mask] = v with a 0-dim mask: torch's indexing reads the mask's value
+            # (pyro's safe_normalize, and the Stable sampler of a scalar alpha)
+            args[0].masked_fill_(args[1], args[2])
+            return None
         return func(*args, **kwargs)
+
+
+_SETITEM = torch.Tensor.__setitem__
+
+
+def _a_masked_write_of_one_value(args: tuple) -> bool:
+    """``target[mask] = value``: a boolean mask of the target's shape, one value."""
+    if len(args) != 3:
+        return False
+    target, mask, value = args
+    return (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+            and isinstance(target, torch.Tensor) and mask.shape == target.shape
+            and (isinstance(value, (int, float)) or (isinstance(value, torch.Tensor)
+                                                     and value.numel() == 1 and value.dim() == 0)))
 
 
 def record(fn: Callable, inputs: list) -> torch.fx.GraphModule:
