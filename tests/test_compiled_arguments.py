@@ -187,3 +187,20 @@ def test_math_on_a_float_argument_is_not_followed_without_the_sentinel_check():
     eager, _, _ = _losses(Trace_ELBO(), model, guide, calls)
     compiled, _, _ = _losses(JitTrace_ELBO(backend="eager"), model, guide, calls)
     assert compiled == pytest.approx(eager, rel=1e-5)
+
+
+def test_an_argument_that_changes_every_call_ends_in_the_eager_step():
+    """An int keyed by value that changes on every call would trace a graph per call:
+    after ``THRASH * cache_size`` graphs the step runs eagerly, saying why."""
+    def model(x, epoch):
+        annealed_model(x, 0.5)
+
+    def guide(x, epoch):
+        annealed_guide(x, 0.5)
+
+    calls = [((X, epoch), {}) for epoch in range(12)]
+    eager, _, _ = _losses(Trace_ELBO(), model, guide, calls)
+    with pytest.warns(RuntimeWarning, match="inputs change on almost every call"):
+        compiled, svi, _ = _losses(JitTrace_ELBO(backend="eager", cache_size=2), model,
+                                   guide, calls)
+    assert svi.compiles == 8 and compiled == pytest.approx(eager, rel=1e-5)

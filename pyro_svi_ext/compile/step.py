@@ -59,6 +59,11 @@ logger = logging.getLogger(__name__)
 _Graph = Graph
 
 
+#: graphs traced, in multiples of ``cache_size``, after which a step whose inputs keep
+#: changing runs eagerly for good (each trace costs several eager steps)
+THRASH = 4
+
+
 class StructureChangedError(RuntimeError):
     """A compiled step was called with inputs it was not compiled for (and recompiling
     is disabled), or the model cannot be compiled at all."""
@@ -218,6 +223,10 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
                                      self.modules.names(), leaf_names(args, kwargs))
             if self.on_change == "raise":
                 raise StructureChangedError(change)
+            if self.compiles >= THRASH * self.graphs.size:
+                self._give_up(f"{self.compiles} graphs traced, the inputs change on almost "
+                              f"every call (the last change: {change})")
+                return None, None
             self.report.note("compiling again", change)
             self._notify(f"{type(self.elbo).__name__}: compiling again: {change} (graph "
                          f"{self.compiles + 1}; pass those inputs with a fixed shape, or "
