@@ -30,11 +30,11 @@ class Untraceable(Exception):  # noqa: N818 - a reason, not an error the user se
     where: str | None = None
 
 
-#: directories whose frames are not the place a user looks for: torch, this package
-#: and the standard library's plumbing
-_PLUMBING = (os.path.dirname(torch.__file__), str(Path(__file__).resolve().parents[1]),
-             os.path.dirname(contextlib.__file__))
-_PYRO = os.path.dirname(pyro.__file__)
+#: where frames are not the place a user looks for: torch, this package, and the
+#: standard library's context managers
+_PLUMBING = (os.path.dirname(torch.__file__) + os.sep,
+             str(Path(__file__).resolve().parents[1]) + os.sep, contextlib.__file__)
+_PYRO = os.path.dirname(pyro.__file__) + os.sep
 
 
 def code_location(frames: list[traceback.FrameSummary]) -> str | None:
