@@ -76,17 +76,21 @@ class Sentinel:
         self.mismatches = 0
         self._mark: tuple[float, int] | None = None
 
-    def due(self, graph, leaves: list) -> bool:
-        """Whether this use of ``graph`` (with these argument leaves) is checked."""
-        graph.uses += 1
-        if graph.uses >= graph.next_check or graph.uses in EARLY_USES:
-            return True
-        slots = graph.layout.float_slots
-        if slots and graph.new_value_checks < NEW_VALUE_CHECKS and \
-                tuple(leaves[i] for i in slots) != graph.traced_floats:
+    @staticmethod
+    def new_values_due(graph, leaves: list) -> bool:
+        """Whether this use of ``graph`` is checked for its float arguments' new
+        values (the caller checked ``graph.uses >= graph.next_check`` already)."""
+        if graph.new_value_checks < NEW_VALUE_CHECKS and \
+                tuple(leaves[i] for i in graph.layout.float_slots) != graph.traced_floats:
             graph.new_value_checks += 1
             return True
         return False
+
+    def due(self, graph, leaves: list) -> bool:
+        """Whether this use of ``graph`` (with these argument leaves) is checked."""
+        graph.uses += 1
+        return graph.uses >= graph.next_check or (
+            bool(graph.layout.float_slots) and self.new_values_due(graph, leaves))
 
     def scheduled(self, graph, graph_steps: int) -> None:
         """After a check of ``graph`` (``graph_steps``: graph steps taken so far by the
@@ -100,7 +104,8 @@ class Sentinel:
             ratio = (self.eager_seconds + self.graph_seconds) / self.graph_seconds
         else:
             ratio = 100.0
-        graph.next_check = graph.uses + max(1, math.ceil(ratio / BUDGET))
+        graph.next_check = (graph.uses + 1 if graph.uses < max(EARLY_USES) else
+                            graph.uses + max(1, math.ceil(ratio / BUDGET)))
 
 
 def first_difference(check: Check, param_names: list[str], eager_new: list,

@@ -182,7 +182,8 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
         sentinel checks the graph beside it (``checked=False``: never; a step that must
         not read the host, ``step_tensor``)."""
         leaves, spec = flatten(args, kwargs)
-        key = self._key(params, side, leaves, spec, plan)
+        key = step_key(params, side, leaves, spec, plan,
+                       (self.modules.key(), global_state()), self.valued_floats)
         if self.pending:  # a background compile that has ended replaces the interim graph
             pending = self.pending.get(key)
             if pending is not None and pending.job.done() and \
@@ -199,7 +200,9 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
         state = plan.inputs if plan is not None else []
         self._check = None  # one that was never compared (its eager step raised)
         if graph is not None:
-            if checked and self.sentinel.due(graph, leaves):
+            graph.uses += 1
+            if checked and (graph.uses >= graph.next_check or (
+                    graph.layout.float_slots and self.sentinel.new_values_due(graph, leaves))):
                 self._start_check(key, graph, params, state, side, leaves)
                 return None, None
             inputs = graph.layout.inputs(params, state, side, leaves, self.modules.buffers())
