@@ -86,6 +86,8 @@ class ModuleState:
         """What the graph depends on: the training flags and the buffers' signatures."""
         if not self.modules:
             return _NOTHING
+        if not self.slots:
+            return tuple(map(_TRAINING, self.modules)), ()
         return (tuple(map(_TRAINING, self.modules)), tuple(map(signature, self.buffers())))
 
     def names(self) -> list[str]:
