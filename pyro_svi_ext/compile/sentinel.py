@@ -54,7 +54,7 @@ class Check:
     leaves: list
     loss: torch.Tensor
     grads: list  # the graph's gradients (loss-and-gradients graphs), else empty
-    new_values: list  # the copies of the written inputs after the graph ran
+    new_values: list  # what the graph wrote into its inputs (copies)
     rng_after: tuple
     devices: list
     names: list[str]
@@ -138,23 +138,28 @@ class SentinelChecks:
 
     def _start_check(self, key: tuple, graph, params: list, state: list, side: list,
                      leaves: list) -> None:
-        """Run ``graph`` on copies of what it writes, from the current random state,
-        keep what it made, and put the random state back: the eager step that follows
-        draws the same numbers."""
+        """Run ``graph`` from the current random state on its inputs, keep what it made,
+        then put back everything it wrote (saved before, copied back in place: the same
+        tensors, so a graph captured for replay, e.g. a CUDA graph, is not captured
+        again) and the random state: the eager step that follows starts where the graph
+        did and draws the same numbers."""
         layout = graph.layout
         inputs = layout.inputs(params, state, side, leaves, self.modules.buffers())
-        written = layout.written_inputs
-        copies = {i: inputs[i].detach().clone() for i in written}
+        written = [inputs[i] for i in layout.written_inputs]
         devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
         start = random_state(devices)
         with torch.no_grad():
-            outputs = graph.run(*[copies.get(i, t) for i, t in enumerate(inputs)])
+            saved = [t.detach().clone() for t in written]
+            outputs = graph.run(*inputs)
+            new_values = [t.detach().clone() for t in written]
+            if written:
+                torch._foreach_copy_(written, saved)
+            kept = [t.detach().clone() for t in outputs[:layout.kept]]  # pooled buffers
         after = random_state(devices)
         set_random_state(start, devices)
-        grads = [] if layout.whole_step else list(outputs[1:1 + layout.n_params])
-        self._check = Check(key, graph, layout, leaves, outputs[0], grads,
-                            [copies[i] for i in written], after, devices,
-                            self._written_names(layout),
+        grads = [] if layout.whole_step else kept[1:1 + layout.n_params]
+        self._check = Check(key, graph, layout, leaves, kept[0], grads, new_values, after,
+                            devices, self._written_names(layout),
                             [None if p.grad is None else p.grad.clone() for p in params])
         self._not_ready = True  # this step is the eager one
 
