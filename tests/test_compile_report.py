@@ -9,6 +9,7 @@ import textwrap
 import pyro
 import pyro.distributions as dist
 import pyro.optim
+import pytest
 import torch
 
 from pyro_svi_ext import SVI, JitTrace_ELBO, Trace_ELBO
@@ -58,7 +59,7 @@ def test_a_fallback_names_the_models_line(recwarn):
     report = svi.compile_report()
     line = branching_model.__code__.co_firstlineno + 2
     assert report.fallback_at.startswith(f"{__file__}:{line} (branching_model)")
-    assert "__bool__" in report.fallback
+    assert "__bool__" in report.fallback and report.fallback_cause == "model"
     (warning,) = [w for w in recwarn if "running eagerly" in str(w.message)]
     assert f"test_compile_report.py:{line}" in str(warning.message)
 
@@ -89,3 +90,22 @@ def test_run_report_prints_each_compiled_step(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 compiled step(s)" in err
     assert "eager for good" in err and f"{script}:8 (model)" in err
+
+
+def test_a_fallback_in_pyros_code_is_pyros():
+    """A sequential plate with a subsample (Pyro's ``__iter__`` reads each random index
+    as a Python int) falls back, and the report says whose code read the value."""
+    def model(x):
+        for i in pyro.plate("data", len(x), subsample_size=2):
+            pyro.sample(f"obs_{i}", dist.Normal(0.0, 1.0), obs=x[i])
+
+    def guide_(x):
+        pyro.param("unused", torch.tensor(0.0))
+
+    svi = SVI(model, guide_, pyro.optim.Adam({"lr": 0.1}), JitTrace_ELBO(backend="eager"))
+    with pytest.warns(RuntimeWarning, match="running eagerly"):
+        for _ in range(3):
+            svi.step(torch.ones(4))
+    report = svi.compile_report()
+    assert report.fallback_cause == "pyro"
+    assert "in Pyro's code, called from" in report.fallback_at and "(model)" in report.fallback_at

@@ -38,7 +38,9 @@ class CompileReport:
     ``events``: traces, swaps, recompiles, sentinel mismatches and fallbacks in order;
     ``checks``: sentinel checks run; ``mismatches``: those that found a difference;
     ``fallback``: why the step runs eagerly for good (None while it compiles);
-    ``fallback_at``: the line of code that made it (``file:line``), when known.
+    ``fallback_at``: the line of code that made it (``file:line``), when known;
+    ``fallback_cause``: whose code read a value (``"model"``, ``"pyro"``,
+    ``"pyro_svi_ext"``), when known.
     """
 
     estimator: str
@@ -48,6 +50,7 @@ class CompileReport:
     mismatches: int = 0
     fallback: str | None = None
     fallback_at: str | None = None
+    fallback_cause: str | None = None
     steps: int = 0
     graph_steps: int = 0
 
@@ -66,8 +69,8 @@ class CompileReport:
         self.note(f"graph {len(self.graphs)} compiled with {backend!r}",
                   f"{seconds:.2f} s{' in the background' if in_background else ''}")
 
-    def fell_back(self, reason: str, where: str | None) -> None:
-        self.fallback, self.fallback_at = reason, where
+    def fell_back(self, reason: str, where: str | None, cause: str | None = None) -> None:
+        self.fallback, self.fallback_at, self.fallback_cause = reason, where, cause
         self.note("running eagerly for good", reason + (f"; at {where}" if where else ""))
 
     # --- what the user reads -------------------------------------------------------------
@@ -82,6 +85,7 @@ class CompileReport:
                            for b, s, bg in self.graphs],
                 "checks": self.checks, "mismatches": self.mismatches,
                 "fallback": self.fallback, "fallback_at": self.fallback_at,
+                "fallback_cause": self.fallback_cause,
                 "events": [{"step": e.step, "what": e.what, "detail": e.detail}
                            for e in self.events]}
 

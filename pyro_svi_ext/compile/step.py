@@ -248,7 +248,7 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
             self.report.note("new params: eager step, then traced again", str(why))
             self.param_names = None
         except Untraceable as why:
-            self._give_up(str(why), getattr(why, "where", None))
+            self._give_up(str(why), why.where, why.cause)
         return None, None
 
     def _new_graph(self, key: tuple, params: list, side: list, call: tuple, plan):
@@ -390,14 +390,15 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
             self._refused = (optim, reason)
         return None
 
-    def _give_up(self, reason: str, where: str | None = None) -> None:
+    def _give_up(self, reason: str, where: str | None = None,
+                 cause: str | None = None) -> None:
         """Run eagerly for good (or raise, under ``on_dynamic="raise"``), saying why and,
         when known, which line of code read a tensor value."""
         at = f"; at {where}" if where else ""
         if self.on_dynamic == "raise":
             raise StructureChangedError(f"the model cannot be compiled: {reason}{at}")
         self.dynamic_reason = reason
-        self.report.fell_back(reason, where)
+        self.report.fell_back(reason, where, cause)
         message = (f"{type(self.elbo).__name__}: running eagerly, the model cannot be "
                    f"compiled ({reason}{at})")
         if self.ignore_warnings:  # one line on stderr even without logging configured

@@ -32,6 +32,7 @@ from pyro_svi_ext.compile.tracing import (
     modules_follow_the_store,
     params_bound_to,
     pyro_modules_bound_to,
+    whose_code,
 )
 from pyro_svi_ext.compile.verify import all_close, compile_checked
 from pyro_svi_ext.errors import DeviceMismatchError
@@ -182,7 +183,8 @@ class StepTracing:
         except Exception as err:  # the model cannot be traced statically
             first = str(err).splitlines()[0] if str(err) else ""
             why = Untraceable(f"{type(err).__name__}: {first}")
-            why.where = code_location(traceback.extract_tb(err.__traceback__))
+            frames = traceback.extract_tb(err.__traceback__)
+            why.where, why.cause = code_location(frames), whose_code(frames)
             raise why from err
         self.compiles += 1
         return gm, had_grad, guards

@@ -25,16 +25,34 @@ from pyro_svi_ext.pyro_compat import (
 
 class Untraceable(Exception):  # noqa: N818 - a reason, not an error the user sees
     """The step cannot be traced into a static graph (the message says why; ``where``:
-    the line of code that made it, when known, see :func:`code_location`)."""
+    the line of code that made it, when known, see :func:`code_location`; ``cause``:
+    whose code it was, see :func:`whose_code`)."""
 
     where: str | None = None
+    cause: str | None = None
 
 
 #: where frames are not the place a user looks for: torch, this package, and the
 #: standard library's context managers
-_PLUMBING = (os.path.dirname(torch.__file__) + os.sep,
-             str(Path(__file__).resolve().parents[1]) + os.sep, contextlib.__file__)
+_TORCH = os.path.dirname(torch.__file__) + os.sep
+_OURS = str(Path(__file__).resolve().parents[1]) + os.sep
+_PLUMBING = (_TORCH, _OURS, contextlib.__file__)
 _PYRO = os.path.dirname(pyro.__file__) + os.sep
+#: the recorder's own frames (where a read is caught, not where it is made)
+_RECORDING = (str(Path(__file__).resolve().parent) + os.sep,)
+
+
+def whose_code(frames: list[traceback.FrameSummary]) -> str:
+    """Whose code made a value read (innermost frame outside torch, the standard
+    library's context managers and the recorder): ``"pyro_svi_ext"`` (this package's
+    own, a bug to fix), ``"pyro"`` (Pyro's), or ``"model"`` (the user's)."""
+    for frame in reversed(frames):
+        if frame.filename.startswith((_TORCH, contextlib.__file__, *_RECORDING)):
+            continue
+        if frame.filename.startswith(_OURS):
+            return "pyro_svi_ext"
+        return "pyro" if frame.filename.startswith(_PYRO) else "model"
+    return "pyro_svi_ext"
 
 
 def code_location(frames: list[traceback.FrameSummary]) -> str | None:
@@ -57,7 +75,8 @@ def code_location(frames: list[traceback.FrameSummary]) -> str | None:
 def untraceable_here(reason: str) -> Untraceable:
     """:class:`Untraceable` for ``reason``, with the model's line that is running."""
     error = Untraceable(reason)
-    error.where = code_location(traceback.extract_stack()[:-1])
+    frames = traceback.extract_stack()[:-1]
+    error.where, error.cause = code_location(frames), whose_code(frames)
     return error
 
 
