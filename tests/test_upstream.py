@@ -10,6 +10,7 @@ that reason, when ``PYRO_SOURCE`` is unset.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -119,11 +120,19 @@ def test_pyros_example_gets_pyros_numbers_on_the_plugin(example, pattern, switch
         assert a == pytest.approx(b, rel=1e-3, abs=1e-5), (ours, theirs)
 
 
-def _failures(checkout: Path, path: str, switch: str | None) -> set[str]:
-    command = [sys.executable, "-m", "pytest", path, "-q", "-rf", "-p", "no:cacheprovider",
-               *([switch] if switch else [])]
+def _failures(checkout: Path, path: str, switch: str | None, census: Path | None = None
+              ) -> set[str]:
+    """Failed test ids of ``path`` (options may follow it); ``census``: also write every
+    compiled step's report there (``upstream/fallback_census.py``)."""
+    command = [sys.executable, "-m", "pytest", *path.split(), "-q", "-rf",
+               "-p", "no:cacheprovider", *([switch] if switch else [])]
+    env = dict(os.environ)
+    if census is not None:
+        command += ["-p", "fallback_census"]
+        env["PYTHONPATH"] = os.pathsep.join([str(RUNNER.parent), env.get("PYTHONPATH", "")])
+        env["PYRO_SVI_EXT_CENSUS"] = str(census)
     proc = subprocess.run(command, cwd=checkout, capture_output=True, text=True,
-                          timeout=3000)
+                          timeout=7200, env=env)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     return {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")}
 
@@ -147,3 +156,24 @@ def test_pyros_test_file_passes_on_the_plugin_where_it_passes_on_pyro(path, swit
     theirs = _failures(checkout, path, None)
     ours = _failures(checkout, path, switch)
     assert ours - SEED_SENSITIVE <= theirs, sorted(ours - theirs)
+
+
+#: Pyro's unit-stage inference tests (test_autoguide.py and reparam/ among them; MCMC
+#: aside: it builds no SVI step)
+INFER_SUITE = "tests/infer --stage unit --ignore=tests/infer/mcmc"
+
+
+def test_pyros_infer_suite_under_the_compile_switch_with_no_fallback_of_ours(tmp_path):
+    """Every test that passes with Pyro's classes passes with compiled steps, and no
+    compiled step falls back to eager because of this package's code (each fallback's
+    report says whose code read a tensor value: the model's, Pyro's, or ours)."""
+    checkout = _pyros_tests(tmp_path)
+    theirs = _failures(checkout, INFER_SUITE, None)
+    census = tmp_path / "census.jsonl"
+    ours = _failures(checkout, INFER_SUITE, "--pyro-svi-ext-compile", census)
+    assert ours - SEED_SENSITIVE <= theirs, sorted(ours - theirs)
+    reports = [json.loads(line) for line in census.read_text().splitlines()]
+    assert len(reports) > 1000  # the census saw the compiled steps
+    mine = [(r["test"], r["fallback"]) for r in reports
+            if r["fallback"] and r["fallback_cause"] == "pyro_svi_ext"]
+    assert not mine, mine

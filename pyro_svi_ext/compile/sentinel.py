@@ -225,7 +225,8 @@ class SentinelChecks:
                    "through math); tracing again")
         if self.sentinel.mismatches >= MAX_MISMATCHES:
             self._give_up(f"the compiled step disagreed with the eager step "
-                          f"{self.sentinel.mismatches} times (last: {difference})")
+                          f"{self.sentinel.mismatches} times (last: {difference})",
+                          cause="model")
         else:
             logger.warning(message)
 

@@ -228,7 +228,7 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
                 raise StructureChangedError(change)
             if self.compiles >= THRASH * self.graphs.size:
                 self._give_up(f"{self.compiles} graphs traced, the inputs change on almost "
-                              f"every call (the last change: {change})")
+                              f"every call (the last change: {change})", cause="model")
                 return None, None
             self.report.note("compiling again", change)
             self._notify(f"{type(self.elbo).__name__}: compiling again: {change} (graph "
@@ -243,12 +243,13 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
             try:
                 return self._new_graph(key, params, side, call, plan)
             except NewModules:
-                self._give_up("the modules it runs change from one run to the next")
+                self._give_up("the modules it runs change from one run to the next",
+                              cause="model")
         except NewParams as why:  # this step runs eagerly and records them
             self.report.note("new params: eager step, then traced again", str(why))
             self.param_names = None
         except Untraceable as why:
-            self._give_up(str(why), why.where, why.cause)
+            self._give_up(str(why), why.where, why.cause or "pyro_svi_ext")
         return None, None
 
     def _new_graph(self, key: tuple, params: list, side: list, call: tuple, plan):

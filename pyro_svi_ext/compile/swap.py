@@ -157,7 +157,7 @@ class BackgroundCompiles:
                     lambda m: self._notify(f"{type(self.elbo).__name__}: {m}", 9),
                     failed=failed, rng_state=pending.rng_state, rng_after=pending.rng_after)
         except Untraceable as why:
-            self._give_up(str(why))
+            self._give_up(str(why), why.where, why.cause or "pyro_svi_ext")
             return None
         logger.info("%s: compiled the %s with backend %r in the background in %.2f s "
                     "(graph %d), in use from step %d (traced at step %d)",

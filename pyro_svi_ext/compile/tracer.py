@@ -244,9 +244,11 @@ class StepTracing:
                 after, random_state(devices)):
             # leave the random state as it was: the eager fallback redraws
             set_random_state(start, devices)
-            raise Untraceable("the compiled graph disagrees with the eager step (the model "
-                              "uses state outside pyro.param and module buffers, e.g. a "
-                              "tensor it changes in place)")
+            why = Untraceable("the compiled graph disagrees with the eager step (the "
+                              "model uses state outside pyro.param and module buffers, "
+                              "e.g. a tensor it changes in place)")
+            why.cause = "model"
+            raise why
         return {"gm": gm, "had_grad": had_grad, "guards": guards, "reference": reference,
                 "new_values": new_values, "rng_state": start, "rng_after": after,
                 "devices": devices}
