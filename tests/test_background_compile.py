@@ -327,3 +327,50 @@ def test_a_compile_process_ends_when_its_training_process_dies(gated_compiles):
     if still:
         os.kill(child, 9)
     assert not still, "the compile process outlived its parent"
+
+
+_SLEEPER = """
+import os, subprocess
+if os.environ.get("PYRO_SVI_EXT_TEST_SLEEPER") and os.environ.get("PYRO_SVI_EXT_PARENT_PID"):
+    # in a compile child: start a long-running process, as inductor starts cc1plus
+    sleeper = subprocess.Popen(["sleep", "600"])
+    with open(os.environ["PYRO_SVI_EXT_TEST_SLEEPER"], "w") as f:
+        f.write(str(sleeper.pid))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("how", ["killed", "os._exit"])
+def test_a_compile_childs_own_processes_end_with_the_training_process(gated_compiles,
+                                                                       tmp_path, how):
+    """The compilers a compile child starts (here a stand-in, started from the child's
+    sitecustomize) end with it when the training process dies, by SIGKILL or by
+    ``os._exit``."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_SLEEPER)
+    marker = tmp_path / "sleeper.pid"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+        PYRO_SVI_EXT_TEST_SLEEPER=str(marker))
+    script = _ORPHAN_PARENT.format(tests=str(Path(__file__).parent))
+    if how == "killed":
+        script = script.replace("os._exit(0)  # no exit handler runs",
+                                "import time; time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sleeper = int(marker.read_text())
+    assert _running(sleeper)
+    if how == "killed":
+        parent.kill()
+    parent.wait(60)
+    deadline = time.monotonic() + 30
+    while (_running(child) or _running(sleeper)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in (child, sleeper) if _running(pid)]
+    for pid in left:
+        os.kill(pid, 9)
+    assert not left, "a compile process or its compiler outlived the training process"

@@ -26,6 +26,7 @@ import importlib
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,19 @@ def _stop_children() -> None:
     """A process that ends does not leave compiles running behind it."""
     for job in list(_LIVE):
         job.cancel()
+
+
+def end_group(leader: int) -> None:
+    """Kill the process group ``leader`` leads (a compile child and its compilers); a
+    group already gone is fine. A measured leak without it: a child killed while
+    inductor compiled left its ``cc1plus``, reparented to PID 1, on 82% of a core for
+    6.5 more minutes."""
+    if not hasattr(os, "killpg"):
+        return
+    try:
+        os.killpg(leader, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def describe_inputs(inputs: list) -> list:
@@ -285,10 +299,12 @@ class BackgroundCompile:
                    PYRO_SVI_EXT_PARENT_PID=str(os.getpid()),
                    TORCHINDUCTOR_CACHE_DIR=str(inductor_cache_dir()))
         with open(self._log, "wb") as err:  # the child has its own copy of the handle
+            # its own process group: the compilers it starts (cc1plus) end with it
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pyro_svi_ext.compile.compile_worker",
                  str(self._payload)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                start_new_session=hasattr(os, "killpg"))
         self.started = time.perf_counter()
         _LIVE.add(self)
         self._counted = True
@@ -337,7 +353,9 @@ class BackgroundCompile:
         return (lines[-1] if lines else f"exit status {self._proc.returncode}")[:300]
 
     def cancel(self) -> None:
+        """End the child and every process it started (its process group)."""
         if self._proc is not None and self._proc.poll() is None:
+            end_group(self._proc.pid)
             self._proc.kill()
             self._proc.wait()
         self._release()

@@ -8,12 +8,14 @@ that need a compile to be still running).
 
 The child ends when its parent does: a training process that is killed, or leaves by
 ``os._exit``, runs no exit handler to stop it, and an inductor compile of a long
-chain runs for minutes on a core nobody is waiting for."""
+chain runs for minutes on a core nobody is waiting for. The child leads its own
+process group, and takes the group (the C++ compilers inductor starts) with it."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -42,6 +44,8 @@ def _exit_with_parent(every: float = 0.5) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(every)
+        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)  # its compilers too, and itself
         os._exit(3)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
