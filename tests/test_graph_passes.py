@@ -293,3 +293,39 @@ def test_a_folded_constant_with_stride_zero_is_hashed_and_kept():
     torch.testing.assert_close(gm(x), f(x))
     assert _ops(gm, "expand") == 0 and len(folded) == 1  # folded once, shared
     assert cache_marker("inductor", portable(gm), [x]).name
+
+
+def test_a_pass_that_changes_a_traced_graph_stops_the_suite(monkeypatch):
+    """The suite checks every simplified graph against its unsimplified self
+    (``tests/conftest.py`` turns the check on): a wrong pass raises, it does not fall
+    back to eager quietly."""
+    import pyro
+    import pyro.distributions as dist
+    import pyro.optim
+    import pytest
+
+    import pyro_svi_ext
+    from pyro_svi_ext.compile import tracer
+    from pyro_svi_ext.compile.verify import CHECK_PASSES, GraphPassError
+
+    assert CHECK_PASSES[0]
+
+    def wrong(gm):  # a pass bug: every multiplication becomes an addition
+        for node in gm.graph.nodes:
+            if node.target == torch.ops.aten.mul.Tensor:
+                node.target = torch.ops.aten.add.Tensor
+        gm.recompile()
+        return gm
+
+    monkeypatch.setattr(tracer, "simplify", wrong)
+
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc * 2.0, 1.0), obs=x)
+
+    svi = pyro_svi_ext.SVI(model, lambda x: None, pyro.optim.Adam({"lr": 0.1}),
+                           pyro_svi_ext.JitTrace_ELBO(backend="eager"))
+    svi.step(torch.ones(3))
+    with pytest.raises(GraphPassError):
+        svi.step(torch.ones(3))

@@ -22,7 +22,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_svi_ext.compile.arguments import Guards, TracedFloat, unflatten
-from pyro_svi_ext.compile.graph_passes import simplify
+from pyro_svi_ext.compile.graph_passes import copy_graph, lazy_module, simplify
 from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
 from pyro_svi_ext.compile.module_state import ModuleState, modules_that_run
 from pyro_svi_ext.compile.record import record
@@ -34,7 +34,13 @@ from pyro_svi_ext.compile.tracing import (
     pyro_modules_bound_to,
     whose_code,
 )
-from pyro_svi_ext.compile.verify import all_close, compile_checked
+from pyro_svi_ext.compile.verify import (
+    CHECK_PASSES,
+    GraphPassError,
+    all_close,
+    check_simplified,
+    compile_checked,
+)
 from pyro_svi_ext.errors import DeviceMismatchError
 from pyro_svi_ext.protocol import CompileFacts
 from pyro_svi_ext.pyro_compat import pyro_sees_a_jit_trace
@@ -177,8 +183,11 @@ class StepTracing:
                 gm = self._record(fn, traced_inputs)
             if not self.modules.covers(found):
                 raise NewModules(found)
+            before = lazy_module(gm, copy_graph(gm.graph)) if CHECK_PASSES[0] else None
             gm = simplify(gm)
-        except (Untraceable, NewModules, DeviceMismatchError):
+            if before is not None:
+                check_simplified(before, gm, traced_inputs)
+        except (Untraceable, NewModules, DeviceMismatchError, GraphPassError):
             raise  # (data and params on two devices: the eager step says the same)
         except Exception as err:  # the model cannot be traced statically
             first = str(err).splitlines()[0] if str(err) else ""

@@ -13,6 +13,27 @@ from pyro_svi_ext.compile.backends import Backend, LegacyBackendWarning
 from pyro_svi_ext.compile.layout import StepLayout
 from pyro_svi_ext.compile.tracing import Untraceable
 
+#: check every simplified graph against the graph it came from (the test suite turns
+#: this on: the passes are checked on every graph it traces)
+CHECK_PASSES = [False]
+
+
+class GraphPassError(AssertionError):
+    """The graph passes changed what a traced graph computes (a bug of theirs)."""
+
+
+def check_simplified(before: torch.fx.GraphModule, after: torch.fx.GraphModule,
+                     inputs: list) -> None:
+    """``after`` (the simplified graph) computes what ``before`` does on ``inputs``, from
+    the same random state: :class:`GraphPassError` otherwise."""
+    with torch.no_grad(), torch.random.fork_rng():
+        state = torch.get_rng_state()
+        want = before(*inputs)
+        torch.set_rng_state(state)
+        got = after(*inputs)
+    if not all_close(list(want), list(got)):
+        raise GraphPassError("the graph passes changed what the traced graph computes")
+
 
 def all_close(want: list, got: list) -> bool:
     """Equal up to float rounding: ``|got - want| <= 1e-4 |want| + 1e-5 + 1e-4 max|want|``
