@@ -1,6 +1,7 @@
 """A pytest plugin for the upstream tier (``-p fallback_census``): after each test, the
 compile reports of the compiled steps it made, one JSON line each, to the file named
-by ``PYRO_SVI_EXT_CENSUS``; with the test's outcome in ``<that file>.outcomes``."""
+by ``PYRO_SVI_EXT_CENSUS``. It also checks every simplified graph against the recorded
+one (``verify.CHECK_PASSES``), as this package's own suite does."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ OUT = os.environ.get("PYRO_SVI_EXT_CENSUS", "census.jsonl")
 
 
 def pytest_configure(config) -> None:
-    from pyro_svi_ext.compile import report
+    from pyro_svi_ext.compile import report, verify
 
     report.keep_reports()
+    verify.CHECK_PASSES[0] = True
 
 
 @pytest.hookimpl(hookwrapper=True)
