@@ -217,3 +217,24 @@ def test_a_masked_write_through_a_zero_dim_mask_compiles():
         runs.append([svi.step() for _ in range(6)])
     assert compiled_step(elbo).dynamic_reason is None
     assert runs[1] == pytest.approx(runs[0], rel=1e-6)
+
+
+def test_a_stable_site_of_a_scalar_alpha_compiles():
+    """A scalar ``alpha``: Pyro's sampler writes ``weights[~near_hole] = 0.5`` with a
+    0-dim mask over a (2,)-shaped tensor (a masked fill over the leading dims: none)."""
+    from pyro.infer.autoguide import AutoNormal
+    from pyro.infer.reparam import LatentStableReparam
+
+    @pyro.poutine.reparam(config={"x": LatentStableReparam()})
+    def model():
+        x = pyro.sample("x", dist.Stable(1.5, 0.3))
+        pyro.sample("y", dist.Normal(x, 1.0), obs=torch.tensor(0.2))
+
+    runs = []
+    for elbo in (pyro_svi_ext.Trace_ELBO(), pyro_svi_ext.JitTrace_ELBO(backend="eager")):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        svi = pyro_svi_ext.SVI(model, AutoNormal(model), pyro.optim.Adam({"lr": 0.01}), elbo)
+        runs.append([svi.step() for _ in range(6)])
+    assert compiled_step(elbo).dynamic_reason is None
+    assert runs[1] == pytest.approx(runs[0], rel=1e-6)

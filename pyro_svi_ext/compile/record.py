@@ -158,7 +158,9 @@ class _HostReads(TorchFunctionMode):
         if func is _SETITEM and _a_masked_write_of_one_value(args):
             # x[mask] = v with a 0-dim mask: torch's indexing reads the mask's value
             # (pyro's safe_normalize, and the Stable sampler of a scalar alpha)
-            args[0].masked_fill_(args[1], args[2])
+            target, mask, value = args
+            mask = mask.reshape(mask.shape + (1,) * (target.dim() - mask.dim()))
+            target.masked_fill_(mask, value)
             return None
         return func(*args, **kwargs)
 
@@ -167,12 +169,13 @@ _SETITEM = torch.Tensor.__setitem__
 
 
 def _a_masked_write_of_one_value(args: tuple) -> bool:
-    """``target[mask] = value``: a boolean mask of the target's shape, one value."""
+    """``target[mask] = value``: a 0-dim boolean mask (over the target's leading dims:
+    none), one value."""
     if len(args) != 3:
         return False
     target, mask, value = args
     return (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
-            and isinstance(target, torch.Tensor) and mask.shape == target.shape
+            and isinstance(target, torch.Tensor) and mask.dim() == 0
             and (isinstance(value, (int, float)) or (isinstance(value, torch.Tensor)
                                                      and value.numel() == 1 and value.dim() == 0)))
 
