@@ -153,6 +153,11 @@ class OptimPlan:
                     len(self.lrs))
         # what ``current`` compares on every step: one C-level pass per list
         self._optimizers = [s.optimizer for s in self.slots]
+        # the PyroOptim's dict of per-param optimizers as last checked: Pyro adds an
+        # entry for a new param and a reload removes them, so the same dict of the same
+        # length holds the same optimizers
+        self._objs = per_param_optimizers(optim)
+        self._n_objs = len(self._objs)
         self._state_dicts = [s.optimizer.state for s in self.slots]
         watched = [k for k in _STATIC[kind] if all(k in s.group for s in self.slots)]
         self._watch = operator.itemgetter("lr", *watched)
@@ -168,9 +173,14 @@ class OptimPlan:
             return False
         if not all(map(operator.is_, params, self.params)):
             return False
-        optimizers = list(map(per_param_optimizers(optim).get, params))  # cleared on a reload
-        if not all(map(operator.is_, optimizers, self._optimizers)):
-            return False
+        objs = per_param_optimizers(optim)
+        if objs is not self._objs or len(objs) != self._n_objs:
+            # entries added or removed (a reload clears them): look each param up (a
+            # tensor key hashes in Python, 0.25 us a param: not on every step)
+            if not all(map(operator.is_, map(objs.get, params), self._optimizers)):
+                return False
+            self._objs, self._n_objs = objs, len(objs)
+        optimizers = self._optimizers
         # loading a torch optimizer's state replaces its ``state`` and ``param_groups``
         if not all(map(operator.is_, map(_STATE_OF, optimizers), self._state_dicts)):
             return False
