@@ -32,10 +32,15 @@ FUSED_MM_MAX_WORK = 2 ** 17
 _FLOATS = (torch.float32, torch.float64)
 
 
-def cpu_matmul_choices(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def cpu_matmul_choices(gm: torch.fx.GraphModule, fuse_small_mm: bool = True
+                       ) -> torch.fx.GraphModule:
     """A copy of ``gm`` with small CPU ``mm``/``addmm`` written as a fused product and
-    sum, and large CPU ``mv`` as a BLAS ``mm``; ``gm`` itself when nothing changes."""
-    chosen = {n.name: rule for n in gm.graph.nodes if (rule := _rule(n)) is not None}
+    sum (unless ``fuse_small_mm`` is False), and large CPU ``mv`` as a BLAS ``mm``;
+    ``gm`` itself when nothing changes. The rules read each node's recorded tensor
+    (``meta["val"]``): a graph rebuilt from portable data has none, and is left as it
+    is."""
+    chosen = {n.name: rule for n in gm.graph.nodes if (rule := _rule(n)) is not None
+              and (fuse_small_mm or rule is _blas_mv)}
     if not chosen:
         return gm
     graph = copy.deepcopy(gm.graph)

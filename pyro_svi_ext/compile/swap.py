@@ -20,6 +20,7 @@ from pyro_svi_ext.compile.background import (
     threads_as,
 )
 from pyro_svi_ext.compile.layout import StepLayout, writing_in_place
+from pyro_svi_ext.compile.matmul_choices import cpu_matmul_choices
 from pyro_svi_ext.compile.tracer import Graph
 from pyro_svi_ext.compile.tracing import Untraceable
 from pyro_svi_ext.compile.verify import compile_checked
@@ -75,9 +76,19 @@ class BackgroundCompiles:
         if self.backend.name not in BACKGROUND_BACKENDS:
             return production
         try:
-            return load_portable(portable(production))
+            return load_portable(self._portable(production))
         except TypeError:  # an op a child could not be sent
             return production
+
+    @staticmethod
+    def _portable(production: torch.fx.GraphModule) -> dict:
+        """The portable data of the graph a compile child builds, a large CPU ``mv``
+        already written as a BLAS ``mm``: the rule reads the nodes' recorded tensors,
+        which portable data drops, so no background compile (the default) made it.
+        Measured, one thread, steady step: BLR N=10,000 88.5 us with it, 114 us without.
+        The fused small-``mm`` rule is left out: on the VAE-sized MLP (B=128 D=50 H=64
+        Z=8) it made the step slower (160-167 against 149-155 us)."""
+        return portable(cpu_matmul_choices(production, fuse_small_mm=False))
 
     def _trace_and_submit(self, key: tuple, layout: StepLayout, inputs: list, call: tuple,
                           plan):
@@ -90,7 +101,7 @@ class BackgroundCompiles:
         traced = self._traced_step(layout, inputs, call, plan)
         production = writing_in_place(traced["gm"], layout)
         try:
-            data = portable(production)
+            data = self._portable(production)
         except TypeError as why:  # an op a child process cannot be sent: compile here
             logger.info("%s: compiling in place (%s)", type(self.elbo).__name__, why)
             data = None
