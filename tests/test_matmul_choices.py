@@ -34,7 +34,7 @@ def test_large_matrix_vector_products_go_to_blas(rows, cols, rewritten):
 
 
 def test_small_matrix_products_are_fused_and_large_ones_kept():
-    x, w0, b0, w1 = torch.randn(128, 10), torch.randn(10, 32), torch.randn(32), torch.randn(32, 4)
+    x, w0, b0, w1 = torch.randn(64, 10), torch.randn(10, 32), torch.randn(32), torch.randn(32, 4)
     gm = make_fx(_mlp)(x, w0, b0, w1)
     new = cpu_matmul_choices(gm)
     assert aten.addmm.default not in _targets(new) and aten.mm.default not in _targets(new)
@@ -44,6 +44,10 @@ def test_small_matrix_products_are_fused_and_large_ones_kept():
     big = torch.randn(128, 128)
     gm = make_fx(torch.mm)(big, big)
     assert cpu_matmul_choices(gm) is gm  # 128^3 multiply-adds: BLAS is faster
+    gm = make_fx(torch.mm)(torch.randn(128, 10), torch.randn(10, 32))
+    assert cpu_matmul_choices(gm) is gm  # 40,960: over the limit (the VAE's lose at 2^17)
+    gm = make_fx(torch.mm)(torch.randn(64, 10), torch.randn(10, 32))
+    assert cpu_matmul_choices(gm, fuse_small_mm=False) is gm
 
 
 def test_vector_shaped_and_non_cpu_products_are_left_alone():

@@ -27,8 +27,11 @@ BLAS_MV_MIN_NUMEL = 32768
 BLAS_MV_MIN_SIDE = 8
 #: an ``mm``/``addmm`` with both output sides > 1 is fused when M * K * N is at most this
 #: (measured: (256, 10) @ (10, 32) 9.5 us fused against 10.1 us BLAS; (128, 64) @
-#: (64, 64) 29 against 19 us)
-FUSED_MM_MAX_WORK = 2 ** 17
+#: (64, 64) 29 against 19 us). Whole steps, one thread: at 2^17 the VAE-sized MLP (B=128
+#: D=50 H=64 Z=8, products of 65,536 and 131,072) ran 160-167 us against 149-155 without
+#: the rule; at 2^15 it runs 148-158, and the amortized MLP guide (B=128 D=10 H=32)
+#: 68-70 us against 72-73 without it
+FUSED_MM_MAX_WORK = 2 ** 15
 _FLOATS = (torch.float32, torch.float64)
 
 
