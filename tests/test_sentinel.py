@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -127,3 +128,35 @@ def test_a_check_moves_no_module_state_and_no_random_state():
     assert compiled_step(elbo).report.checks == 2  # uses 1 and 2 of the graph
     assert with_checks[1] == eager[1] == 8 and torch.equal(with_checks[2], eager[2])
     assert with_checks[0] == pytest.approx(eager[0], rel=1e-4)
+
+
+def test_params_sharing_memory_run_eagerly_as_pyro_does():
+    """``AutoNormalMessenger`` of a ``PyroModule`` model starts its ``locs.x`` on the
+    model's ``x_loc`` without a copy: two params, one memory, updated once for each by
+    the eager step. The sentinel found the compiled graph off there (Pyro's
+    ``test_median_module``); the step now says so at its trace and runs eagerly."""
+    from pyro.infer.autoguide import AutoNormalMessenger
+    from pyro.nn import PyroModule, PyroParam
+
+    class Model(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.x_loc = torch.nn.Parameter(torch.tensor(1.0))
+            self.x_scale = PyroParam(torch.tensor(0.1), dist.constraints.positive)
+
+        def forward(self):
+            x = pyro.sample("x", dist.Normal(self.x_loc, self.x_scale))
+            pyro.sample("z", dist.Normal(1.0, 0.1), obs=x)
+
+    runs = []
+    for elbo in (Trace_ELBO(), JitTrace_ELBO(backend="eager")):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = Model()
+        svi = SVI(model, AutoNormalMessenger(model), pyro.optim.Adam({"lr": 0.005}), elbo)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs.append([svi.step() for _ in range(6)])
+    assert runs[1] == runs[0]
+    report = svi.compile_report()
+    assert "share memory" in report.fallback and report.mismatches == 0

@@ -64,6 +64,19 @@ _Graph = Graph
 THRASH = 4
 
 
+def sharing_memory(names: list[str], tensors: list[torch.Tensor]) -> tuple | None:
+    """The names of two distinct param tensors over the same memory, or None."""
+    seen: dict[int, str] = {}
+    for name, tensor in zip(names, tensors, strict=True):
+        if tensor.numel() == 0 or tensor.device.type == "meta":
+            continue
+        address = tensor.untyped_storage().data_ptr()
+        if address in seen:
+            return seen[address], name
+        seen[address] = name
+    return None
+
+
 class StructureChangedError(RuntimeError):
     """A compiled step was called with inputs it was not compiled for (and recompiling
     is disabled), or the model cannot be compiled at all."""
@@ -257,6 +270,14 @@ class CompiledStep(StepTracing, BackgroundCompiles, SentinelChecks):
         backend is slow); ``(graph, traced outputs)``. A graph that read a float
         argument as a plain number is kept under a key holding that argument's value."""
         leaves, spec = call[2], call[3]
+        shared = sharing_memory(self.param_names, params)
+        if shared is not None:
+            why = Untraceable(f"params {shared[0]!r} and {shared[1]!r} share memory (one "
+                              "was made from the other without a copy): the eager step "
+                              "updates that memory once for each, which a compiled graph "
+                              "does not")
+            why.cause = "model"
+            raise why
         state = plan.inputs if plan is not None else []
         buffers = self.modules.buffers()
         layout = StepLayout.of(len(params), plan, len(side), leaves, len(buffers),
